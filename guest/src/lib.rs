@@ -1,0 +1,524 @@
+//! Write a wasmsocket WebSocket service as a WebAssembly component.
+//!
+//! A service reads like a Ballerina `websocket:Service` class: implement [`Service`]
+//! on a type that holds one connection's state, write the callbacks you need (every one
+//! has a default that does nothing), and put [`service`] on the `impl` block. The
+//! `upgrade` function plays the upgrade service's `get` resource: it sees the upgrade
+//! request and accepts it with a new session, or rejects it with an HTTP status.
+//!
+//! ```ignore
+//! use wasmsocket_guest::prelude::*;
+//!
+//! struct Echo;
+//!
+//! #[wasmsocket_guest::service]
+//! impl Service for Echo {
+//!     fn upgrade(_request: &UpgradeRequest) -> Result<Accept<Self>, UpgradeError> {
+//!         Ok(Echo.into())
+//!     }
+//!
+//!     fn on_text_message(&mut self, caller: &Caller, text: String) -> Result {
+//!         Ok(caller.write_text(&text)?)
+//!     }
+//! }
+//! ```
+//!
+//! Build it with `cargo build --target wasm32-wasip2 --release`; the `.wasm` file in
+//! `target/wasm32-wasip2/release/` is the component the host's `[[service]]` names.
+//!
+//! Each connection gets an instance of its own by default: state in `self` (and in
+//! statics) belongs to that connection alone. A panic ends only that connection, with
+//! close code 1011.
+
+use std::cell::RefCell;
+use std::fmt;
+
+pub use wasmsocket_guest_macro::service;
+
+#[doc(hidden)]
+pub mod wit {
+    //! The raw bindings of the `wasmsocket:service/service` world.
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "service",
+        pub_export_macro: true,
+        default_bindings_module: "wasmsocket_guest::wit",
+    });
+}
+
+use wit::exports::wasmsocket::service::handler as exports;
+use wit::wasmsocket::service::{caller as imports, types};
+
+pub use types::Callbacks;
+
+/// What most services need: `use wasmsocket_guest::prelude::*;`.
+pub mod prelude {
+    pub use crate::{
+        Accept, Caller, CallerError, Error, Result, Service, UpgradeError, UpgradeRequest,
+    };
+}
+
+/// The result of a callback: `Ok(())` keeps the connection open; an [`Error`] closes it.
+pub type Result<T = (), E = Error> = std::result::Result<T, E>;
+
+/// A WebSocket service: the state and callbacks of one connection.
+///
+/// Implement the callbacks you need; the others keep their defaults and are never
+/// called (the [`service`] attribute tells the host which ones exist). When
+/// [`on_ping`](Service::on_ping) is not implemented the host answers pings itself.
+pub trait Service: Sized + 'static {
+    /// Decides on an upgrade request: accept it with a new session, or refuse it with
+    /// an HTTP status (Ballerina's `UpgradeError`).
+    fn upgrade(request: &UpgradeRequest) -> Result<Accept<Self>, UpgradeError>;
+
+    /// The connection is open.
+    fn on_open(&mut self, caller: &Caller) -> Result {
+        let _ = caller;
+        Ok(())
+    }
+
+    /// A text message arrived (fragments joined, UTF-8 checked).
+    fn on_text_message(&mut self, caller: &Caller, text: String) -> Result {
+        let _ = (caller, text);
+        Ok(())
+    }
+
+    /// A binary message arrived (fragments joined).
+    fn on_binary_message(&mut self, caller: &Caller, data: Vec<u8>) -> Result {
+        let _ = (caller, data);
+        Ok(())
+    }
+
+    /// A ping arrived. Implementing this makes answering it yours: call
+    /// [`Caller::pong`].
+    fn on_ping(&mut self, caller: &Caller, data: Vec<u8>) -> Result {
+        let _ = (caller, data);
+        Ok(())
+    }
+
+    /// A pong arrived.
+    fn on_pong(&mut self, caller: &Caller, data: Vec<u8>) -> Result {
+        let _ = (caller, data);
+        Ok(())
+    }
+
+    /// Nothing arrived for the service's `idle_timeout`. The connection stays open
+    /// unless this closes it.
+    fn on_idle_timeout(&mut self, caller: &Caller) -> Result {
+        let _ = caller;
+        Ok(())
+    }
+
+    /// The peer closed the connection with `code` and `reason` (1005 when its close
+    /// frame had no code, 1006 when the connection dropped without one).
+    fn on_close(&mut self, caller: &Caller, code: u16, reason: String) -> Result {
+        let _ = (caller, code, reason);
+        Ok(())
+    }
+
+    /// The connection failed; the host has already sent the fitting close frame.
+    fn on_error(&mut self, caller: &Caller, message: String) -> Result {
+        let _ = (caller, message);
+        Ok(())
+    }
+
+    #[doc(hidden)]
+    fn __implemented_callbacks() -> Callbacks {
+        Callbacks::all()
+    }
+}
+
+/// The upgrade request a service decides on.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct UpgradeRequest {
+    /// The request method (`GET`).
+    pub method: String,
+    /// The request path, percent-encoded as sent.
+    pub path: String,
+    /// The query string without `?`, percent-encoded as sent.
+    pub query: Option<String>,
+    /// Every header as `(lower-case name, value)`, in the order received.
+    pub headers: Vec<(String, String)>,
+    /// The peer's `ip:port`.
+    pub remote_address: String,
+    /// Whether the connection came over TLS.
+    pub secure: bool,
+    /// The subprotocols the client offered, most preferred first.
+    pub subprotocols: Vec<String>,
+}
+
+impl UpgradeRequest {
+    /// The first value of header `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The raw (still percent-encoded) value of query parameter `name`.
+    pub fn query_param(&self, name: &str) -> Option<&str> {
+        self.query.as_deref()?.split('&').find_map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (key == name).then_some(value)
+        })
+    }
+}
+
+impl From<types::UpgradeRequest> for UpgradeRequest {
+    fn from(request: types::UpgradeRequest) -> Self {
+        Self {
+            method: request.method,
+            path: request.path,
+            query: request.query,
+            headers: request
+                .headers
+                .into_iter()
+                .map(|header| (header.name, header.value))
+                .collect(),
+            remote_address: request.remote_address,
+            secure: request.secure,
+            subprotocols: request.subprotocols,
+        }
+    }
+}
+
+/// An accepted upgrade: the new session, plus response headers and a subprotocol.
+#[derive(Debug)]
+pub struct Accept<S> {
+    session: S,
+    headers: Vec<(String, String)>,
+    subprotocol: Option<String>,
+}
+
+impl<S> Accept<S> {
+    /// Accepts with `session` and nothing else.
+    pub fn new(session: S) -> Self {
+        Self {
+            session,
+            headers: Vec::new(),
+            subprotocol: None,
+        }
+    }
+
+    /// Adds a header to the `101` response. The host refuses the upgrade (500) for
+    /// names it owns, such as `connection` or `sec-websocket-*`.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Agrees on `protocol`, which must be one the client offered.
+    pub fn subprotocol(mut self, protocol: impl Into<String>) -> Self {
+        self.subprotocol = Some(protocol.into());
+        self
+    }
+}
+
+impl<S> From<S> for Accept<S> {
+    fn from(session: S) -> Self {
+        Self::new(session)
+    }
+}
+
+/// A refused upgrade: Ballerina's `websocket:UpgradeError`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpgradeError {
+    /// The HTTP status, 400..=599.
+    pub status: u16,
+    /// The response body.
+    pub message: String,
+}
+
+impl UpgradeError {
+    /// Refuses with `status` (400..=599; the host answers 500 for anything else).
+    pub fn new(status: u16, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    /// `400 Bad Request`.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(400, message)
+    }
+
+    /// `401 Unauthorized`.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(401, message)
+    }
+
+    /// `403 Forbidden`.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(403, message)
+    }
+}
+
+/// How a callback ends the connection; the host sends the matching close frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Error {
+    /// Data the service cannot accept: close 1003.
+    UnsupportedData(String),
+    /// Data against the service's policy: close 1008.
+    PolicyViolation(String),
+    /// The service failed: close 1011.
+    Internal(String),
+    /// Close with exactly this code (1000-1003, 1007-1014, 3000-4999) and reason.
+    Close {
+        /// The close code.
+        code: u16,
+        /// The reason, at most 123 bytes.
+        reason: String,
+    },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::UnsupportedData(why) => write!(f, "unsupported data: {why}"),
+            Self::PolicyViolation(why) => write!(f, "policy violation: {why}"),
+            Self::Internal(why) => write!(f, "internal error: {why}"),
+            Self::Close { code, reason } => write!(f, "close {code}: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<CallerError> for Error {
+    fn from(error: CallerError) -> Self {
+        Self::Internal(error.to_string())
+    }
+}
+
+impl From<Error> for types::CallbackError {
+    fn from(error: Error) -> Self {
+        match error {
+            Error::UnsupportedData(why) => Self::UnsupportedData(why),
+            Error::PolicyViolation(why) => Self::PolicyViolation(why),
+            Error::Internal(why) => Self::Internal(why),
+            Error::Close { code, reason } => Self::Close(types::CloseFrame { code, reason }),
+        }
+    }
+}
+
+/// Why a [`Caller`] operation failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CallerError {
+    /// The connection is closing or closed. Stop writing.
+    ConnectionClosed,
+    /// The close code is not one an endpoint may send.
+    InvalidCloseCode(u16),
+    /// A ping, pong or close reason longer than 125 bytes (123 for a reason).
+    ControlFrameTooLarge,
+    /// This callback queued more than the service's `max_write_buffer`.
+    WriteBufferFull,
+}
+
+impl fmt::Display for CallerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ConnectionClosed => f.write_str("connection closed"),
+            Self::InvalidCloseCode(code) => write!(f, "invalid close code {code}"),
+            Self::ControlFrameTooLarge => f.write_str("control frame payload too large"),
+            Self::WriteBufferFull => f.write_str("write buffer full"),
+        }
+    }
+}
+
+impl std::error::Error for CallerError {}
+
+impl From<types::CallerError> for CallerError {
+    fn from(error: types::CallerError) -> Self {
+        match error {
+            types::CallerError::ConnectionClosed => Self::ConnectionClosed,
+            types::CallerError::InvalidCloseCode(code) => Self::InvalidCloseCode(code),
+            types::CallerError::ControlFrameTooLarge => Self::ControlFrameTooLarge,
+            types::CallerError::WriteBufferFull => Self::WriteBufferFull,
+        }
+    }
+}
+
+/// The connection a callback runs for: Ballerina's `websocket:Caller`.
+///
+/// Writes are queued and sent in order when the callback returns.
+pub struct Caller<'a> {
+    inner: &'a imports::Caller,
+}
+
+impl fmt::Debug for Caller<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Caller").field("id", &self.id()).finish()
+    }
+}
+
+/// How long [`Caller::close`] waits for the peer's close frame: Ballerina's default.
+pub const DEFAULT_CLOSE_TIMEOUT_MS: u32 = 60_000;
+
+impl Caller<'_> {
+    /// The connection's host-unique id.
+    pub fn id(&self) -> String {
+        self.inner.id()
+    }
+
+    /// Sends a text message.
+    pub fn write_text(&self, text: &str) -> Result<(), CallerError> {
+        Ok(self.inner.write_text(text)?)
+    }
+
+    /// Sends a binary message.
+    pub fn write_binary(&self, data: &[u8]) -> Result<(), CallerError> {
+        Ok(self.inner.write_binary(data)?)
+    }
+
+    /// Sends a ping (at most 125 bytes).
+    pub fn ping(&self, data: &[u8]) -> Result<(), CallerError> {
+        Ok(self.inner.ping(data)?)
+    }
+
+    /// Sends a pong (at most 125 bytes).
+    pub fn pong(&self, data: &[u8]) -> Result<(), CallerError> {
+        Ok(self.inner.pong(data)?)
+    }
+
+    /// Closes with `code` and `reason`, waiting up to 60 s for the peer's close frame.
+    pub fn close(&self, code: u16, reason: &str) -> Result<(), CallerError> {
+        self.close_with_timeout(code, reason, DEFAULT_CLOSE_TIMEOUT_MS)
+    }
+
+    /// Closes with `code` and `reason`, waiting up to `timeout_ms` for the peer's close
+    /// frame (0: wait as long as it takes).
+    pub fn close_with_timeout(
+        &self,
+        code: u16,
+        reason: &str,
+        timeout_ms: u32,
+    ) -> Result<(), CallerError> {
+        Ok(self.inner.close(code, reason, timeout_ms)?)
+    }
+
+    /// Whether the connection is open (no close frame sent or received).
+    pub fn is_open(&self) -> bool {
+        self.inner.is_open()
+    }
+
+    /// Whether the connection runs over TLS.
+    pub fn is_secure(&self) -> bool {
+        self.inner.is_secure()
+    }
+
+    /// The subprotocol agreed in the handshake.
+    pub fn negotiated_subprotocol(&self) -> Option<String> {
+        self.inner.negotiated_subprotocol()
+    }
+
+    /// Sets a per-connection attribute.
+    pub fn set_attribute(&self, key: &str, value: &str) {
+        self.inner.set_attribute(key, value)
+    }
+
+    /// Reads a per-connection attribute.
+    pub fn get_attribute(&self, key: &str) -> Option<String> {
+        self.inner.get_attribute(key)
+    }
+
+    /// Removes a per-connection attribute, returning its value.
+    pub fn remove_attribute(&self, key: &str) -> Option<String> {
+        self.inner.remove_attribute(key)
+    }
+}
+
+#[doc(hidden)]
+pub mod __private {
+    //! Glue the `#[service]` attribute expands to. Not a public API.
+
+    use super::*;
+
+    pub use crate::wit::export;
+
+    /// The component type exported for service `S`.
+    pub struct Component<S>(std::marker::PhantomData<S>);
+
+    /// The exported `session` resource: one service value per connection.
+    pub struct Session<S>(RefCell<S>);
+
+    impl<S: Service> exports::Guest for Component<S> {
+        type Session = Session<S>;
+
+        fn implemented_callbacks() -> Callbacks {
+            S::__implemented_callbacks()
+        }
+
+        fn upgrade(
+            request: types::UpgradeRequest,
+        ) -> std::result::Result<exports::Acceptance, types::UpgradeRejection> {
+            match S::upgrade(&request.into()) {
+                Ok(accept) => Ok(exports::Acceptance {
+                    session: exports::Session::new(Session(RefCell::new(accept.session))),
+                    headers: accept
+                        .headers
+                        .into_iter()
+                        .map(|(name, value)| types::Header { name, value })
+                        .collect(),
+                    subprotocol: accept.subprotocol,
+                }),
+                Err(error) => Err(types::UpgradeRejection {
+                    status: error.status,
+                    message: error.message,
+                }),
+            }
+        }
+    }
+
+    type Outcome = std::result::Result<(), types::CallbackError>;
+
+    impl<S: Service> Session<S> {
+        fn with(
+            &self,
+            caller: &imports::Caller,
+            f: impl FnOnce(&mut S, &Caller) -> Result,
+        ) -> Outcome {
+            let caller = Caller { inner: caller };
+            // The host never calls into a session while one of its callbacks runs.
+            f(&mut self.0.borrow_mut(), &caller).map_err(Into::into)
+        }
+    }
+
+    impl<S: Service> exports::GuestSession for Session<S> {
+        fn on_open(&self, caller: &imports::Caller) -> Outcome {
+            self.with(caller, |s, c| s.on_open(c))
+        }
+
+        fn on_text_message(&self, caller: &imports::Caller, data: String) -> Outcome {
+            self.with(caller, |s, c| s.on_text_message(c, data))
+        }
+
+        fn on_binary_message(&self, caller: &imports::Caller, data: Vec<u8>) -> Outcome {
+            self.with(caller, |s, c| s.on_binary_message(c, data))
+        }
+
+        fn on_ping(&self, caller: &imports::Caller, data: Vec<u8>) -> Outcome {
+            self.with(caller, |s, c| s.on_ping(c, data))
+        }
+
+        fn on_pong(&self, caller: &imports::Caller, data: Vec<u8>) -> Outcome {
+            self.with(caller, |s, c| s.on_pong(c, data))
+        }
+
+        fn on_idle_timeout(&self, caller: &imports::Caller) -> Outcome {
+            self.with(caller, |s, c| s.on_idle_timeout(c))
+        }
+
+        fn on_close(&self, caller: &imports::Caller, code: u16, reason: String) -> Outcome {
+            self.with(caller, |s, c| s.on_close(c, code, reason))
+        }
+
+        fn on_error(&self, caller: &imports::Caller, message: String) -> Outcome {
+            self.with(caller, |s, c| s.on_error(c, message))
+        }
+    }
+}

@@ -1,0 +1,437 @@
+//! The host configuration: `wasmsocket.toml`.
+//!
+//! Keys are the Ballerina specification's field names in snake case
+//! (`idleTimeout` → `idle_timeout`), so a Ballerina user finds them where they expect.
+//! Durations are decimal seconds, as in the specification. Paths are relative to the
+//! configuration file.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::{Error, Result};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Config {
+    /// Where and how the host listens (Ballerina `ListenerConfiguration`).
+    pub listener: ListenerConfig,
+    /// The services, one per path (Ballerina upgrade services).
+    #[serde(default, rename = "service")]
+    pub services: Vec<ServiceConfig>,
+}
+
+/// Ballerina's `ListenerConfiguration`, plus the port.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ListenerConfig {
+    /// The address to bind. Default `0.0.0.0`, as in the specification.
+    #[serde(default = "default_host")]
+    pub host: IpAddr,
+    /// The port to bind; 0 picks a free one (the host logs which).
+    pub port: u16,
+    /// Seconds allowed to receive the upgrade request; 0 disables the limit. Default 120.
+    #[serde(default = "default_timeout")]
+    pub timeout: f64,
+    /// The value of the `Server` response header; none is sent when unset.
+    #[serde(default)]
+    pub server: Option<String>,
+    /// Whether permessage-deflate (RFC 7692) is offered to clients. Default true.
+    #[serde(default = "yes", alias = "websocket_compression_enabled")]
+    pub web_socket_compression_enabled: bool,
+    /// Size limits on the upgrade request.
+    #[serde(default)]
+    pub request_limits: RequestLimits,
+}
+
+/// Ballerina's `RequestLimitConfigs`: limits on the upgrade request.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RequestLimits {
+    /// The longest request target accepted; longer ones get `414 URI Too Long`.
+    /// Default 4096.
+    #[serde(default = "default_max_uri_length")]
+    pub max_uri_length: usize,
+    /// The largest request head (request line and headers) accepted; larger ones get
+    /// `431 Request Header Fields Too Large`. Default 8192.
+    #[serde(default = "default_max_header_size")]
+    pub max_header_size: usize,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        Self {
+            max_uri_length: default_max_uri_length(),
+            max_header_size: default_max_header_size(),
+        }
+    }
+}
+
+/// One service: Ballerina's `WSServiceConfig` plus the component that implements it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ServiceConfig {
+    /// The path the service is attached to, e.g. `/echo`. Matched exactly.
+    pub path: String,
+    /// The component (`.wasm`) that implements the service, relative to the config file.
+    pub component: PathBuf,
+    /// Subprotocols the service may agree on. When the component does not choose one,
+    /// the host picks the first the client offered that is in this list.
+    #[serde(default, alias = "sub_protocols")]
+    pub subprotocols: Vec<String>,
+    /// Seconds without a received frame before `on-idle-timeout` is called; 0 disables.
+    #[serde(default)]
+    pub idle_timeout: f64,
+    /// The largest frame payload accepted, in bytes; a larger frame closes the connection
+    /// with 1009. Zero or negative means the default, 65536, as in the specification.
+    #[serde(default = "default_max_frame_size")]
+    pub max_frame_size: i64,
+    /// The largest message (all fragments, after decompression) accepted, in bytes; a
+    /// larger one closes the connection with 1009. Default 1 MiB.
+    #[serde(default = "default_max_message_size")]
+    pub max_message_size: usize,
+    /// Limits on the component's sandbox.
+    #[serde(default)]
+    pub limits: SandboxLimits,
+}
+
+/// What one component instance may consume.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct SandboxLimits {
+    /// Seconds one callback may run before it is interrupted (and its connection closed
+    /// with 1011). Default 1.
+    #[serde(default = "default_callback_timeout")]
+    pub callback_timeout: f64,
+    /// Bytes of linear memory one instance may grow to. Default 64 MiB.
+    #[serde(default = "default_max_memory")]
+    pub max_memory: usize,
+    /// Bytes one callback may queue for sending before writes fail with
+    /// `write-buffer-full`. Default 16 MiB.
+    #[serde(default = "default_max_write_buffer")]
+    pub max_write_buffer: usize,
+}
+
+impl Default for SandboxLimits {
+    fn default() -> Self {
+        Self {
+            callback_timeout: default_callback_timeout(),
+            max_memory: default_max_memory(),
+            max_write_buffer: default_max_write_buffer(),
+        }
+    }
+}
+
+fn default_host() -> IpAddr {
+    IpAddr::from([0, 0, 0, 0])
+}
+fn default_timeout() -> f64 {
+    120.0
+}
+fn yes() -> bool {
+    true
+}
+fn default_max_uri_length() -> usize {
+    4096
+}
+fn default_max_header_size() -> usize {
+    8192
+}
+fn default_max_frame_size() -> i64 {
+    65536
+}
+fn default_max_message_size() -> usize {
+    1 << 20
+}
+fn default_callback_timeout() -> f64 {
+    1.0
+}
+fn default_max_memory() -> usize {
+    64 << 20
+}
+fn default_max_write_buffer() -> usize {
+    16 << 20
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file, resolving component paths
+    /// against the file's directory.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigRead {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Self::parse(&text).map_err(|error| match error {
+            Error::ConfigInvalid { message, .. } => Error::ConfigInvalid {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for service in &mut config.services {
+            service.component = base.join(&service.component);
+        }
+        Ok(config)
+    }
+
+    /// Parses and validates configuration text. Component paths are left as written.
+    pub fn parse(text: &str) -> Result<Self> {
+        let config: Config = toml::from_str(text).map_err(|error| Error::ConfigInvalid {
+            path: PathBuf::new(),
+            message: error.to_string(),
+        })?;
+        config.validate().map_err(|message| Error::ConfigInvalid {
+            path: PathBuf::new(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        let listener = &self.listener;
+        seconds("listener.timeout", listener.timeout)?;
+        if let Some(server) = &listener.server
+            && !server
+                .bytes()
+                .all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
+        {
+            return Err("listener.server: must be printable ASCII".into());
+        }
+        if listener.request_limits.max_uri_length == 0 {
+            return Err("listener.request_limits.max_uri_length: must be positive".into());
+        }
+        if listener.request_limits.max_header_size < 64 {
+            return Err("listener.request_limits.max_header_size: must be at least 64".into());
+        }
+        for (index, service) in self.services.iter().enumerate() {
+            let field = |name: &str| format!("service[{index}].{name}");
+            if !service.path.starts_with('/') {
+                return Err(format!("{}: must start with '/'", field("path")));
+            }
+            if service.path.contains(['?', '#', ' ']) {
+                return Err(format!(
+                    "{}: must not contain '?', '#' or spaces",
+                    field("path")
+                ));
+            }
+            if let Some(other) = self.services[..index]
+                .iter()
+                .position(|s| s.path == service.path)
+            {
+                return Err(format!(
+                    "{}: {:?} is already used by service[{other}]",
+                    field("path"),
+                    service.path
+                ));
+            }
+            for protocol in &service.subprotocols {
+                if !is_token(protocol) {
+                    return Err(format!(
+                        "{}: {protocol:?} is not a valid subprotocol token",
+                        field("subprotocols")
+                    ));
+                }
+            }
+            seconds(&field("idle_timeout"), service.idle_timeout)?;
+            if service.max_message_size == 0 {
+                return Err(format!("{}: must be positive", field("max_message_size")));
+            }
+            let limits = &service.limits;
+            seconds(&field("limits.callback_timeout"), limits.callback_timeout)?;
+            if limits.callback_timeout == 0.0 {
+                return Err(format!(
+                    "{}: must be positive",
+                    field("limits.callback_timeout")
+                ));
+            }
+            if limits.max_memory < (1 << 16) {
+                return Err(format!(
+                    "{}: must be at least 65536 (one wasm page)",
+                    field("limits.max_memory")
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ListenerConfig {
+    /// The socket address to bind.
+    pub fn address(&self) -> SocketAddr {
+        SocketAddr::new(self.host, self.port)
+    }
+
+    /// How long the upgrade request may take to arrive, `None` for no limit.
+    pub fn request_timeout(&self) -> Option<Duration> {
+        optional_seconds(self.timeout)
+    }
+}
+
+impl ServiceConfig {
+    /// The effective frame size limit: the spec's default for zero or negative values.
+    pub fn frame_size_limit(&self) -> usize {
+        if self.max_frame_size <= 0 {
+            default_max_frame_size() as usize
+        } else {
+            self.max_frame_size as usize
+        }
+    }
+
+    /// The idle timeout, `None` when disabled.
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        optional_seconds(self.idle_timeout)
+    }
+}
+
+impl SandboxLimits {
+    /// The CPU deadline of one callback.
+    pub fn callback_deadline(&self) -> Duration {
+        Duration::from_secs_f64(self.callback_timeout)
+    }
+}
+
+fn seconds(field: &str, value: f64) -> std::result::Result<(), String> {
+    if value.is_finite() && (0.0..1e9).contains(&value) {
+        Ok(())
+    } else {
+        Err(format!("{field}: must be a number of seconds, 0 or more"))
+    }
+}
+
+fn optional_seconds(value: f64) -> Option<Duration> {
+    (value > 0.0).then(|| Duration::from_secs_f64(value))
+}
+
+/// Whether `s` is an RFC 7230 token, as subprotocol names must be.
+pub(crate) fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [listener]
+        host = "127.0.0.1"
+        port = 9090
+
+        [[service]]
+        path = "/echo"
+        component = "path/to/echo.wasm"
+    "#;
+
+    #[test]
+    fn minimal_config_gets_spec_defaults() {
+        let config = Config::parse(MINIMAL).unwrap();
+        assert_eq!(config.listener.address(), "127.0.0.1:9090".parse().unwrap());
+        assert_eq!(
+            config.listener.request_timeout(),
+            Some(Duration::from_secs(120))
+        );
+        assert!(config.listener.web_socket_compression_enabled);
+        assert_eq!(config.listener.request_limits.max_uri_length, 4096);
+        assert_eq!(config.listener.request_limits.max_header_size, 8192);
+        let service = &config.services[0];
+        assert_eq!(service.path, "/echo");
+        assert_eq!(service.frame_size_limit(), 65536);
+        assert_eq!(service.idle_timeout(), None);
+        assert_eq!(service.limits.callback_deadline(), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn host_defaults_to_all_interfaces() {
+        let config = Config::parse("[listener]\nport = 1").unwrap();
+        assert_eq!(config.listener.host, IpAddr::from([0, 0, 0, 0]));
+        assert!(config.services.is_empty());
+    }
+
+    #[test]
+    fn non_positive_frame_size_means_the_default() {
+        let text = MINIMAL.replace("component =", "max_frame_size = -1\ncomponent =");
+        assert_eq!(
+            Config::parse(&text).unwrap().services[0].frame_size_limit(),
+            65536
+        );
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let error = Config::parse(&MINIMAL.replace("port", "prot")).unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains("prot"), "{message}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let error = Config::parse(&MINIMAL.replace("9090", "\"ninety\"")).unwrap_err();
+        assert!(error.to_string().contains("port"), "{error}");
+    }
+
+    #[test]
+    fn invalid_values_name_the_field() {
+        let cases = [
+            (MINIMAL.replace("/echo", "echo"), "service[0].path"),
+            (
+                MINIMAL.replace("component =", "idle_timeout = -3\ncomponent ="),
+                "service[0].idle_timeout",
+            ),
+            (
+                MINIMAL.replace("component =", "subprotocols = [\"a b\"]\ncomponent ="),
+                "service[0].subprotocols",
+            ),
+            (
+                format!("{MINIMAL}\n[[service]]\npath = \"/echo\"\ncomponent = \"x.wasm\""),
+                "service[1].path",
+            ),
+            (
+                MINIMAL.replace("port = 9090", "port = 9090\ntimeout = nan"),
+                "listener.timeout",
+            ),
+            (
+                format!("{MINIMAL}\n[service.limits]\nmax_memory = 10"),
+                "service[0].limits.max_memory",
+            ),
+        ];
+        for (text, field) in cases {
+            let message = Config::parse(&text).unwrap_err().to_string();
+            assert!(message.contains(field), "{field} not in {message}");
+        }
+    }
+
+    #[test]
+    fn load_resolves_components_against_the_file() {
+        let dir = std::env::temp_dir().join(format!("wasmsocket-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("wasmsocket.toml");
+        std::fs::write(&file, MINIMAL).unwrap();
+        let config = Config::load(&file).unwrap();
+        assert_eq!(config.services[0].component, dir.join("path/to/echo.wasm"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn missing_file_is_an_error_naming_it() {
+        let error = Config::load(Path::new("/nonexistent/wasmsocket.toml")).unwrap_err();
+        assert!(error.to_string().contains("/nonexistent/wasmsocket.toml"));
+    }
+
+    #[test]
+    fn tokens() {
+        assert!(is_token("chat.v2"));
+        assert!(!is_token(""));
+        assert!(!is_token("a,b"));
+        assert!(!is_token("a b"));
+    }
+}

@@ -1,0 +1,491 @@
+//! One TCP connection, from the upgrade request to the last close frame.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::SinkExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tracing::{debug, info, warn};
+
+use crate::engine::{self, CloseCode, Frame, OpCode, WebSocket};
+use crate::http::{self, ReadError, Request, Upgrade};
+use crate::runtime::{
+    CallbackError, Callbacks, Decision, Event, Header, Instance, Outgoing, Session, UpgradeRequest,
+    describe_trap, is_sendable_close_code, truncate_reason,
+};
+use crate::server::{Service, Shared};
+
+/// How long the host waits for the peer's close frame after a close it started itself
+/// (an error or a trap), rather than one the session asked for with a timeout.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves one accepted TCP connection.
+pub(crate) async fn serve<S>(shared: &Shared, mut io: S, remote: SocketAddr, secure: bool)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let listener = &shared.listener;
+    let server = listener.server.as_deref();
+    let read = http::read_request(&mut io, &listener.request_limits);
+    let read = match listener.request_timeout() {
+        Some(limit) => match tokio::time::timeout(limit, read).await {
+            Ok(read) => read,
+            Err(_) => {
+                debug!(%remote, "upgrade request timed out");
+                let _ = http::respond(&mut io, 408, &[], server, "request timeout").await;
+                return;
+            }
+        },
+        None => read.await,
+    };
+    let (request, leftover) = match read {
+        Ok(read) => read,
+        Err(error) => {
+            if let Some((status, body)) = error.response() {
+                debug!(%remote, status, "rejected request: {body}");
+                let _ = http::respond(&mut io, status, &[], server, body).await;
+            } else if error != ReadError::Closed {
+                debug!(%remote, ?error, "bad request");
+            }
+            return;
+        }
+    };
+    let Some(service) = shared.services.get(request.path.as_str()) else {
+        let _ = http::respond(&mut io, 404, &[], server, "no service at this path").await;
+        return;
+    };
+    let key = match request.upgrade() {
+        Upgrade::WebSocket { key } => key,
+        Upgrade::NotRequested => {
+            let headers = [("upgrade", "websocket"), ("sec-websocket-version", "13")];
+            let body = "this is a WebSocket endpoint: upgrade required";
+            let _ = http::respond(&mut io, 426, &headers, server, body).await;
+            return;
+        }
+        Upgrade::UnsupportedVersion => {
+            let headers = [("sec-websocket-version", "13")];
+            let body = "unsupported WebSocket version; this server speaks 13";
+            let _ = http::respond(&mut io, 426, &headers, server, body).await;
+            return;
+        }
+        Upgrade::Invalid(why) => {
+            let _ = http::respond(&mut io, 400, &[], server, why).await;
+            return;
+        }
+    };
+    let accept = engine::accept_key(key);
+    let id = shared.next_connection_id();
+    let span = tracing::info_span!("conn", id = %id, service = %service.config.path, %remote);
+    let _enter = span.enter();
+    let Some((mut instance, decision)) =
+        upgrade(service, &request, remote, secure, &mut io, server).await
+    else {
+        return;
+    };
+    let (mut session, extra_headers, subprotocol) = match decision {
+        Decision::Accept {
+            session,
+            headers,
+            subprotocol,
+        } => (session, headers, subprotocol),
+        Decision::Reject(rejection) => {
+            let status = if (400..=599).contains(&rejection.status) {
+                rejection.status
+            } else {
+                warn!(
+                    status = rejection.status,
+                    "guest rejected with a non-error status; answering 500"
+                );
+                500
+            };
+            debug!(status, "guest rejected the upgrade");
+            let _ = http::respond(&mut io, status, &[], server, &rejection.message).await;
+            return;
+        }
+    };
+
+    let offered: Vec<&str> = request.header_tokens("sec-websocket-protocol").collect();
+    let subprotocol = match subprotocol {
+        Some(chosen) if offered.contains(&chosen.as_str()) => Some(chosen),
+        Some(chosen) => {
+            warn!(subprotocol = %chosen, "guest chose a subprotocol the client did not offer");
+            let _ = http::respond(&mut io, 500, &[], server, "internal server error").await;
+            return;
+        }
+        None => offered
+            .iter()
+            .find(|p| service.config.subprotocols.iter().any(|s| s == *p))
+            .map(|p| (*p).to_owned()),
+    };
+    if let Some(bad) = extra_headers.iter().find(|h| !is_allowed_header(h)) {
+        warn!(header = %bad.name, "guest returned a header the host does not allow");
+        let _ = http::respond(&mut io, 500, &[], server, "internal server error").await;
+        return;
+    }
+    let extensions = if listener.web_socket_compression_enabled {
+        engine::negotiate_deflate(
+            request
+                .header_values("sec-websocket-extensions")
+                .filter_map(|v| std::str::from_utf8(v).ok()),
+        )
+    } else {
+        None
+    };
+
+    let mut head = String::with_capacity(256);
+    head.push_str(
+        "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n",
+    );
+    let _ = write!(head, "sec-websocket-accept: {accept}\r\n");
+    if let Some(protocol) = &subprotocol {
+        let _ = write!(head, "sec-websocket-protocol: {protocol}\r\n");
+    }
+    if let Some(extensions) = &extensions {
+        let _ = write!(head, "sec-websocket-extensions: {extensions}\r\n");
+    }
+    if let Some(server) = server {
+        let _ = write!(head, "server: {server}\r\n");
+    }
+    for header in &extra_headers {
+        let _ = write!(head, "{}: {}\r\n", header.name, header.value);
+    }
+    head.push_str("\r\n");
+    if let Err(error) = io.write_all(head.as_bytes()).await {
+        debug!(%error, "peer left during the handshake");
+        return;
+    }
+
+    let limits = engine::Limits {
+        max_frame_size: service.config.frame_size_limit(),
+        max_message_size: service.config.max_message_size,
+    };
+    let callbacks = service.component.callbacks();
+    let pong = if callbacks.contains(Callbacks::ON_PING) {
+        engine::Pong::Manual
+    } else {
+        engine::Pong::Automatic
+    };
+    let ws = match engine::server(io, leftover, extensions.as_deref(), limits, pong) {
+        Ok(ws) => ws,
+        Err(error) => {
+            warn!(%error, "cannot start the WebSocket engine");
+            return;
+        }
+    };
+    info!(subprotocol = ?subprotocol, compression = extensions.is_some(), "connection open");
+    if let Err(trap) = instance.open(&mut session, id, secure, subprotocol) {
+        warn!("{}", describe_trap(&trap));
+        return;
+    }
+    let mut connection = Connection {
+        ws,
+        instance,
+        session,
+        callbacks,
+        idle_timeout: service.config.idle_timeout(),
+    };
+    connection.run().await;
+    debug!("connection closed");
+}
+
+/// Instantiates the service's component and runs its upgrade hook; on failure answers
+/// 500 and returns `None`.
+async fn upgrade<S>(
+    service: &Service,
+    request: &Request,
+    remote: SocketAddr,
+    secure: bool,
+    io: &mut S,
+    server: Option<&str>,
+) -> Option<(Instance, Decision)>
+where
+    S: AsyncWrite + Unpin,
+{
+    let result = async {
+        let mut instance = service.component.instantiate().await?;
+        let upgrade_request = UpgradeRequest {
+            method: request.method.clone(),
+            path: request.path.clone(),
+            query: request.query.clone(),
+            headers: request
+                .headers
+                .iter()
+                .map(|(name, value)| Header {
+                    name: name.clone(),
+                    value: String::from_utf8_lossy(value).trim().to_owned(),
+                })
+                .collect(),
+            remote_address: remote.to_string(),
+            secure,
+            subprotocols: request
+                .header_tokens("sec-websocket-protocol")
+                .map(str::to_owned)
+                .collect(),
+        };
+        let decision = instance.upgrade(&upgrade_request).await?;
+        Ok::<_, wasmtime::Error>((instance, decision))
+    }
+    .await;
+    match result {
+        Ok(accepted) => Some(accepted),
+        Err(trap) => {
+            warn!("upgrade failed: {}", describe_trap(&trap));
+            let _ = http::respond(io, 500, &[], server, "internal server error").await;
+            None
+        }
+    }
+}
+
+/// Whether a guest-supplied response header may be sent: a valid field, and not one
+/// the host owns.
+fn is_allowed_header(header: &Header) -> bool {
+    const RESERVED: &[&str] = &[
+        "connection",
+        "upgrade",
+        "content-length",
+        "transfer-encoding",
+        "sec-websocket-accept",
+        "sec-websocket-protocol",
+        "sec-websocket-extensions",
+        "sec-websocket-version",
+        "server",
+    ];
+    crate::config::is_token(&header.name)
+        && !RESERVED.contains(&header.name.to_ascii_lowercase().as_str())
+        && header
+            .value
+            .bytes()
+            .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
+
+/// What to do after a callback.
+enum Next {
+    Continue,
+    /// The connection is over; the close handshake is done or abandoned.
+    Stop,
+}
+
+struct Connection<S> {
+    ws: WebSocket<S>,
+    instance: Instance,
+    session: Session,
+    callbacks: Callbacks,
+    idle_timeout: Option<Duration>,
+}
+
+impl<S> Connection<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    async fn run(&mut self) {
+        if let Next::Stop = self.deliver(Event::Open).await {
+            return;
+        }
+        loop {
+            let received = match self.idle_timeout {
+                Some(limit) => match tokio::time::timeout(limit, self.ws.next_frame()).await {
+                    Ok(received) => received,
+                    Err(_) => {
+                        if let Next::Stop = self.deliver(Event::IdleTimeout).await {
+                            return;
+                        }
+                        continue;
+                    }
+                },
+                None => self.ws.next_frame().await,
+            };
+            let next = match received {
+                Ok(frame) => self.on_frame(frame).await,
+                Err(error) => self.on_engine_error(error).await,
+            };
+            if let Next::Stop = next {
+                return;
+            }
+        }
+    }
+
+    async fn on_frame(&mut self, frame: Frame) -> Next {
+        match frame.opcode() {
+            OpCode::Text => {
+                // The engine has checked the payload is UTF-8.
+                let text = std::str::from_utf8(frame.payload()).unwrap_or_default();
+                self.deliver(Event::Text(text)).await
+            }
+            OpCode::Binary => self.deliver(Event::Binary(frame.payload())).await,
+            // The engine has queued the pong already, unless the session answers.
+            OpCode::Ping => self.deliver(Event::Ping(frame.payload())).await,
+            OpCode::Pong => self.deliver(Event::Pong(frame.payload())).await,
+            OpCode::Close => {
+                // The engine has queued the close reply; drain() sends it.
+                let _ = self.instance.mark_closing(&self.session);
+                let code = frame.close_code().map_or(1005, u16::from);
+                let reason = frame.close_reason().ok().flatten().unwrap_or("").to_owned();
+                debug!(code, %reason, "peer closed");
+                let _ = self.deliver_final(Event::Close(code, &reason)).await;
+                self.drain().await;
+                Next::Stop
+            }
+            OpCode::Continuation => Next::Continue,
+        }
+    }
+
+    async fn on_engine_error(&mut self, error: engine::WebSocketError) -> Next {
+        let code = engine::close_code_of(&error);
+        let _ = self.instance.mark_closing(&self.session);
+        if code == 1006 {
+            debug!("connection dropped without a close frame");
+            let _ = self.deliver_final(Event::Close(1006, "")).await;
+        } else {
+            // The engine has queued a close frame with `code`; send it, then tell the
+            // session.
+            debug!(code, %error, "closing on a protocol error");
+            self.drain().await;
+            let message = error.to_string();
+            let _ = self.deliver_final(Event::Error(&message)).await;
+        }
+        Next::Stop
+    }
+
+    /// Delivers an event when the session implements its callback, then sends what the
+    /// callback queued.
+    async fn deliver(&mut self, event: Event<'_>) -> Next {
+        if !self.callbacks.contains(event.callback()) {
+            return Next::Continue;
+        }
+        match self.instance.dispatch(&self.session, event).await {
+            Ok(Ok(())) => self.flush_outbox().await,
+            Ok(Err(error)) => {
+                let (code, reason) = close_for(&error);
+                debug!(code, reason = %reason, "session ended the connection");
+                if let Next::Stop = self.flush_outbox().await {
+                    return Next::Stop;
+                }
+                self.close(code, &reason, CLOSE_TIMEOUT).await;
+                Next::Stop
+            }
+            Err(trap) => {
+                warn!("{}; closing with 1011", describe_trap(&trap));
+                self.close(1011, "internal error", CLOSE_TIMEOUT).await;
+                Next::Stop
+            }
+        }
+    }
+
+    /// Delivers a last event of a connection that is already closed: nothing it
+    /// queues can be sent.
+    async fn deliver_final(&mut self, event: Event<'_>) -> Next {
+        if !self.callbacks.contains(event.callback()) {
+            return Next::Stop;
+        }
+        match self.instance.dispatch(&self.session, event).await {
+            Ok(_) => {}
+            Err(trap) => warn!("{}", describe_trap(&trap)),
+        }
+        Next::Stop
+    }
+
+    /// Sends the frames the last callback queued, in order.
+    async fn flush_outbox(&mut self) -> Next {
+        let outbox = match self.instance.take_outbox(&self.session) {
+            Ok(outbox) => outbox,
+            Err(trap) => {
+                warn!("{}", describe_trap(&trap));
+                self.close(1011, "internal error", CLOSE_TIMEOUT).await;
+                return Next::Stop;
+            }
+        };
+        if outbox.is_empty() {
+            return Next::Continue;
+        }
+        for outgoing in outbox {
+            let frame = match outgoing {
+                Outgoing::Text(text) => Frame::text(Bytes::from(text)),
+                Outgoing::Binary(data) => Frame::binary(data),
+                Outgoing::Ping(data) => Frame::ping(data),
+                Outgoing::Pong(data) => Frame::pong(data),
+                Outgoing::Close {
+                    code,
+                    reason,
+                    timeout,
+                } => {
+                    if let Err(error) = self.ws.flush().await {
+                        debug!(%error, "write failed");
+                        return Next::Stop;
+                    }
+                    self.close(code, &reason, timeout).await;
+                    return Next::Stop;
+                }
+            };
+            if let Err(error) = self.ws.feed(frame).await {
+                debug!(%error, "write failed");
+                return Next::Stop;
+            }
+        }
+        if let Err(error) = self.ws.flush().await {
+            debug!(%error, "write failed");
+            return Next::Stop;
+        }
+        Next::Continue
+    }
+
+    /// Sends a close frame, waits up to `timeout` for the peer's, and shuts the socket.
+    /// The session's `on-close` runs if the peer's close frame arrives.
+    async fn close(&mut self, code: u16, reason: &str, timeout: Duration) {
+        let _ = self.instance.mark_closing(&self.session);
+        let frame = Frame::close(CloseCode::from(code), truncate_reason(reason));
+        if self.ws.send(frame).await.is_err() {
+            return;
+        }
+        let wait = async {
+            loop {
+                match self.ws.next_frame().await {
+                    Ok(frame) if frame.opcode() == OpCode::Close => {
+                        let code = frame.close_code().map_or(1005, u16::from);
+                        let reason = frame.close_reason().ok().flatten().unwrap_or("").to_owned();
+                        return Some((code, reason));
+                    }
+                    Ok(_) => continue,
+                    Err(_) => return None,
+                }
+            }
+        };
+        // A zero timeout means "wait as long as it takes", as in Ballerina's -1.
+        let reply = if timeout.is_zero() {
+            wait.await
+        } else {
+            tokio::time::timeout(timeout, wait).await.ok().flatten()
+        };
+        if let Some((code, reason)) = reply {
+            let _ = self.deliver_final(Event::Close(code, &reason)).await;
+        }
+        let _ = SinkExt::close(&mut self.ws).await;
+    }
+
+    /// Sends whatever the engine has queued (a close reply) and shuts the socket.
+    async fn drain(&mut self) {
+        // Reading a closed engine flushes its queued control frames first.
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.ws.next_frame()).await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, SinkExt::close(&mut self.ws)).await;
+    }
+}
+
+/// The close frame a session error asks for.
+fn close_for(error: &CallbackError) -> (u16, String) {
+    match error {
+        CallbackError::UnsupportedData(reason) => (1003, reason.clone()),
+        CallbackError::PolicyViolation(reason) => (1008, reason.clone()),
+        CallbackError::Internal(reason) => (1011, reason.clone()),
+        CallbackError::Close(frame) if is_sendable_close_code(frame.code) => {
+            (frame.code, frame.reason.clone())
+        }
+        CallbackError::Close(frame) => {
+            warn!(
+                code = frame.code,
+                "session asked for an invalid close code; using 1011"
+            );
+            (1011, frame.reason.clone())
+        }
+    }
+}

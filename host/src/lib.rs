@@ -1,0 +1,22 @@
+//! wasmsocket: a WebSocket host whose service handlers run as sandboxed WebAssembly
+//! components.
+//!
+//! The host terminates TCP, the HTTP/1.1 upgrade and the WebSocket protocol; each
+//! connection's callbacks run in a component instance of its own (see the
+//! `wasmsocket:service` WIT package in `wit/`). The behaviour follows the Ballerina
+//! WebSocket specification: listener, upgrade service, service callbacks, caller.
+//!
+//! Most users run the `wasmsocket` binary with a `wasmsocket.toml`; this library is
+//! the same host for embedding and tests: [`Config`] and [`Server`].
+
+mod config;
+mod connection;
+mod engine;
+mod error;
+mod http;
+mod runtime;
+mod server;
+
+pub use config::{Config, ListenerConfig, RequestLimits, SandboxLimits, ServiceConfig};
+pub use error::{Error, Result};
+pub use server::Server;

@@ -1,0 +1,581 @@
+//! The WebAssembly side of the host: one engine and linker for the process, one
+//! pre-instantiated component per service, one `Store` per connection.
+//!
+//! A trap poisons its whole `Store`, so a `Store` never holds more than one
+//! connection: a guest that panics, loops or exhausts its memory takes down only the
+//! connection it serves.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use wasmtime::component::{Component, Linker, Resource, ResourceAny, ResourceTable};
+use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::config::SandboxLimits;
+use crate::{Error, Result};
+
+pub(crate) mod bindings {
+    //! Host bindings of the `wasmsocket:service/service` world.
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "service",
+        imports: { default: trappable },
+        exports: { default: async },
+        with: {
+            "wasmsocket:service/caller.caller": super::CallerState,
+        },
+    });
+}
+
+use bindings::exports::wasmsocket::service::handler::Acceptance;
+pub(crate) use bindings::wasmsocket::service::types::{
+    CallbackError, Callbacks, CallerError, Header, UpgradeRejection, UpgradeRequest,
+};
+
+/// How often the epoch advances; callback deadlines are counted in these ticks.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Most resource-table entries (WASI streams, callers) one instance may hold.
+const MAX_TABLE_ENTRIES: usize = 1024;
+
+/// The engine and linker shared by every service, and the thread that drives
+/// callback deadlines.
+pub(crate) struct Runtime {
+    engine: Engine,
+    linker: Linker<StoreData>,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Runtime {
+    pub(crate) fn new() -> Result<Self> {
+        let mut config = wasmtime::Config::new();
+        config.epoch_interruption(true);
+        // Guest calls are async (so the WASI streams work inside tokio, and a busy
+        // guest yields to other connections every tick), but the component-model
+        // concurrency machinery is not used: it would double the cost of each call.
+        config.concurrency_support(false);
+        let engine = Engine::new(&config).map_err(Error::Engine)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(Error::Engine)?;
+        bindings::Service::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
+            &mut linker,
+            |data: &mut StoreData| data,
+        )
+        .map_err(Error::Engine)?;
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let stop = ticker_stop.clone();
+        let ticker_engine = engine.weak();
+        std::thread::Builder::new()
+            .name("wasmsocket-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match ticker_engine.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })
+            .map_err(|e| Error::Engine(e.into()))?;
+        Ok(Self {
+            engine,
+            linker,
+            ticker_stop,
+        })
+    }
+
+    /// Compiles and links a component, and asks it which callbacks it implements.
+    pub(crate) async fn load(
+        &self,
+        service: &str,
+        path: &Path,
+        limits: &SandboxLimits,
+    ) -> Result<ServiceComponent> {
+        let error = |source: wasmtime::Error| Error::Component {
+            service: service.to_owned(),
+            path: path.to_owned(),
+            source,
+        };
+        let bytes = std::fs::read(path).map_err(|e| error(e.into()))?;
+        let component = Component::new(&self.engine, &bytes).map_err(error)?;
+        let pre = self.linker.instantiate_pre(&component).map_err(error)?;
+        let pre = bindings::ServicePre::new(pre).map_err(error)?;
+        let mut loaded = ServiceComponent {
+            engine: self.engine.clone(),
+            pre,
+            limits: limits.clone(),
+            callbacks: Callbacks::all(),
+        };
+        let mut instance = loaded.instantiate().await.map_err(error)?;
+        loaded.callbacks = instance.implemented_callbacks().await.map_err(error)?;
+        Ok(loaded)
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A compiled, linked component ready to be instantiated per connection.
+pub(crate) struct ServiceComponent {
+    engine: Engine,
+    pre: bindings::ServicePre<StoreData>,
+    limits: SandboxLimits,
+    callbacks: Callbacks,
+}
+
+impl ServiceComponent {
+    /// The callbacks the component implements.
+    pub(crate) fn callbacks(&self) -> Callbacks {
+        self.callbacks
+    }
+
+    /// A fresh instance in a store of its own.
+    pub(crate) async fn instantiate(&self) -> wasmtime::Result<Instance> {
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_TABLE_ENTRIES);
+        let data = StoreData {
+            wasi: WasiCtx::builder().inherit_stdout().inherit_stderr().build(),
+            table,
+            limits: StoreLimitsBuilder::new()
+                .memory_size(self.limits.max_memory)
+                .instances(16)
+                .tables(16)
+                .memories(4)
+                .build(),
+            max_write_buffer: self.limits.max_write_buffer,
+            ticks_left: 0,
+        };
+        let mut store = Store::new(&self.engine, data);
+        store.limiter(|data| &mut data.limits);
+        let ticks = self
+            .limits
+            .callback_deadline()
+            .as_millis()
+            .div_ceil(EPOCH_TICK.as_millis())
+            .max(1) as u64;
+        // Every tick a running guest yields to the executor, until its callback's
+        // budget is spent: then it traps.
+        store.epoch_deadline_callback(|mut store| {
+            let data = store.data_mut();
+            if data.ticks_left <= 1 {
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            data.ticks_left -= 1;
+            Ok(UpdateDeadline::Yield(1))
+        });
+        let mut instance = Instance {
+            store,
+            bindings: None,
+            ticks,
+        };
+        instance.arm_deadline();
+        let bindings = self.pre.instantiate_async(&mut instance.store).await?;
+        instance.bindings = Some(bindings);
+        Ok(instance)
+    }
+}
+
+/// What a store holds: the sandbox's WASI context (no files, network or environment),
+/// its resources and its limits.
+pub(crate) struct StoreData {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    max_write_buffer: usize,
+    /// Epoch ticks the running callback may still use.
+    ticks_left: u64,
+}
+
+impl WasiView for StoreData {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// The host side of a `caller` resource: one connection's state as a session sees it.
+#[derive(Debug)]
+#[expect(
+    unreachable_pub,
+    reason = "the generated bindings re-export it publicly"
+)]
+pub struct CallerState {
+    id: String,
+    secure: bool,
+    subprotocol: Option<String>,
+    attributes: HashMap<String, String>,
+    /// Frames queued by the running callback, sent when it returns.
+    outbox: Vec<Outgoing>,
+    /// Bytes in `outbox`.
+    queued: usize,
+    /// A close frame was sent or received.
+    closing: bool,
+}
+
+/// A frame a session asked to send.
+#[derive(Debug)]
+pub(crate) enum Outgoing {
+    Text(String),
+    Binary(Vec<u8>),
+    Ping(Vec<u8>),
+    Pong(Vec<u8>),
+    Close {
+        code: u16,
+        reason: String,
+        timeout: Duration,
+    },
+}
+
+/// Whether an endpoint may send `code` in a close frame (RFC 6455 §7.4).
+pub(crate) fn is_sendable_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
+/// Cuts a close reason to the 123 bytes a close frame has room for.
+pub(crate) fn truncate_reason(reason: &str) -> &str {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}
+
+impl StoreData {
+    fn caller(&mut self, caller: &Resource<CallerState>) -> wasmtime::Result<&mut CallerState> {
+        Ok(self.table.get_mut(caller)?)
+    }
+
+    fn enqueue(
+        &mut self,
+        caller: &Resource<CallerState>,
+        frame: Outgoing,
+        len: usize,
+    ) -> wasmtime::Result<Result<(), CallerError>> {
+        let limit = self.max_write_buffer;
+        let state = self.caller(caller)?;
+        if state.closing {
+            return Ok(Err(CallerError::ConnectionClosed));
+        }
+        if state.queued + len > limit {
+            return Ok(Err(CallerError::WriteBufferFull));
+        }
+        state.queued += len;
+        state.outbox.push(frame);
+        Ok(Ok(()))
+    }
+
+    fn enqueue_control(
+        &mut self,
+        caller: &Resource<CallerState>,
+        frame: fn(Vec<u8>) -> Outgoing,
+        data: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), CallerError>> {
+        if data.len() > 125 {
+            return Ok(Err(CallerError::ControlFrameTooLarge));
+        }
+        let len = data.len();
+        self.enqueue(caller, frame(data), len)
+    }
+}
+
+impl bindings::wasmsocket::service::types::Host for StoreData {}
+impl bindings::wasmsocket::service::caller::Host for StoreData {}
+
+impl bindings::wasmsocket::service::caller::HostCaller for StoreData {
+    fn id(&mut self, caller: Resource<CallerState>) -> wasmtime::Result<String> {
+        Ok(self.caller(&caller)?.id.clone())
+    }
+
+    fn write_text(
+        &mut self,
+        caller: Resource<CallerState>,
+        data: String,
+    ) -> wasmtime::Result<Result<(), CallerError>> {
+        let len = data.len();
+        self.enqueue(&caller, Outgoing::Text(data), len)
+    }
+
+    fn write_binary(
+        &mut self,
+        caller: Resource<CallerState>,
+        data: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), CallerError>> {
+        let len = data.len();
+        self.enqueue(&caller, Outgoing::Binary(data), len)
+    }
+
+    fn ping(
+        &mut self,
+        caller: Resource<CallerState>,
+        data: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), CallerError>> {
+        self.enqueue_control(&caller, Outgoing::Ping, data)
+    }
+
+    fn pong(
+        &mut self,
+        caller: Resource<CallerState>,
+        data: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), CallerError>> {
+        self.enqueue_control(&caller, Outgoing::Pong, data)
+    }
+
+    fn close(
+        &mut self,
+        caller: Resource<CallerState>,
+        code: u16,
+        reason: String,
+        timeout_ms: u32,
+    ) -> wasmtime::Result<Result<(), CallerError>> {
+        if !is_sendable_close_code(code) {
+            return Ok(Err(CallerError::InvalidCloseCode(code)));
+        }
+        if reason.len() > 123 {
+            return Ok(Err(CallerError::ControlFrameTooLarge));
+        }
+        let frame = Outgoing::Close {
+            code,
+            reason,
+            timeout: Duration::from_millis(timeout_ms.into()),
+        };
+        let result = self.enqueue(&caller, frame, 0)?;
+        if result.is_ok() {
+            self.caller(&caller)?.closing = true;
+        }
+        Ok(result)
+    }
+
+    fn is_open(&mut self, caller: Resource<CallerState>) -> wasmtime::Result<bool> {
+        Ok(!self.caller(&caller)?.closing)
+    }
+
+    fn is_secure(&mut self, caller: Resource<CallerState>) -> wasmtime::Result<bool> {
+        Ok(self.caller(&caller)?.secure)
+    }
+
+    fn negotiated_subprotocol(
+        &mut self,
+        caller: Resource<CallerState>,
+    ) -> wasmtime::Result<Option<String>> {
+        Ok(self.caller(&caller)?.subprotocol.clone())
+    }
+
+    fn set_attribute(
+        &mut self,
+        caller: Resource<CallerState>,
+        key: String,
+        value: String,
+    ) -> wasmtime::Result<()> {
+        self.caller(&caller)?.attributes.insert(key, value);
+        Ok(())
+    }
+
+    fn get_attribute(
+        &mut self,
+        caller: Resource<CallerState>,
+        key: String,
+    ) -> wasmtime::Result<Option<String>> {
+        Ok(self.caller(&caller)?.attributes.get(&key).cloned())
+    }
+
+    fn remove_attribute(
+        &mut self,
+        caller: Resource<CallerState>,
+        key: String,
+    ) -> wasmtime::Result<Option<String>> {
+        Ok(self.caller(&caller)?.attributes.remove(&key))
+    }
+
+    fn drop(&mut self, caller: Resource<CallerState>) -> wasmtime::Result<()> {
+        self.table.delete(caller)?;
+        Ok(())
+    }
+}
+
+/// One component instance serving one connection.
+pub(crate) struct Instance {
+    store: Store<StoreData>,
+    bindings: Option<bindings::Service>,
+    ticks: u64,
+}
+
+/// What the upgrade hook decided.
+pub(crate) enum Decision {
+    Accept {
+        session: Session,
+        headers: Vec<Header>,
+        subprotocol: Option<String>,
+    },
+    Reject(UpgradeRejection),
+}
+
+/// An accepted connection's session and the caller handed to its callbacks.
+pub(crate) struct Session {
+    session: ResourceAny,
+    caller: Option<Resource<CallerState>>,
+}
+
+/// A callback invocation.
+#[derive(Debug)]
+pub(crate) enum Event<'a> {
+    Open,
+    Text(&'a str),
+    Binary(&'a [u8]),
+    Ping(&'a [u8]),
+    Pong(&'a [u8]),
+    IdleTimeout,
+    Close(u16, &'a str),
+    Error(&'a str),
+}
+
+impl Event<'_> {
+    /// The callback flag this event is delivered to.
+    pub(crate) fn callback(&self) -> Callbacks {
+        match self {
+            Event::Open => Callbacks::ON_OPEN,
+            Event::Text(_) => Callbacks::ON_TEXT_MESSAGE,
+            Event::Binary(_) => Callbacks::ON_BINARY_MESSAGE,
+            Event::Ping(_) => Callbacks::ON_PING,
+            Event::Pong(_) => Callbacks::ON_PONG,
+            Event::IdleTimeout => Callbacks::ON_IDLE_TIMEOUT,
+            Event::Close(..) => Callbacks::ON_CLOSE,
+            Event::Error(_) => Callbacks::ON_ERROR,
+        }
+    }
+}
+
+impl Instance {
+    fn arm_deadline(&mut self) {
+        self.store.data_mut().ticks_left = self.ticks;
+        self.store.set_epoch_deadline(1);
+    }
+
+    fn handler(&self) -> wasmtime::Result<&bindings::exports::wasmsocket::service::handler::Guest> {
+        Ok(self
+            .bindings
+            .as_ref()
+            .ok_or_else(|| wasmtime::format_err!("instance not initialised"))?
+            .wasmsocket_service_handler())
+    }
+
+    async fn implemented_callbacks(&mut self) -> wasmtime::Result<Callbacks> {
+        self.arm_deadline();
+        let handler = self.handler()?.clone();
+        handler.call_implemented_callbacks(&mut self.store).await
+    }
+
+    /// Runs the upgrade hook. `Err` is a trap.
+    pub(crate) async fn upgrade(&mut self, request: &UpgradeRequest) -> wasmtime::Result<Decision> {
+        self.arm_deadline();
+        let handler = self.handler()?.clone();
+        let decision = handler.call_upgrade(&mut self.store, request).await?;
+        Ok(match decision {
+            Ok(Acceptance {
+                session,
+                headers,
+                subprotocol,
+            }) => Decision::Accept {
+                session: Session {
+                    session,
+                    caller: None,
+                },
+                headers,
+                subprotocol,
+            },
+            Err(rejection) => Decision::Reject(rejection),
+        })
+    }
+
+    /// Creates the caller of an accepted session.
+    pub(crate) fn open(
+        &mut self,
+        session: &mut Session,
+        id: String,
+        secure: bool,
+        subprotocol: Option<String>,
+    ) -> wasmtime::Result<()> {
+        let caller = self.store.data_mut().table.push(CallerState {
+            id,
+            secure,
+            subprotocol,
+            attributes: HashMap::new(),
+            outbox: Vec::new(),
+            queued: 0,
+            closing: false,
+        })?;
+        session.caller = Some(caller);
+        Ok(())
+    }
+
+    /// Delivers `event` to the session. The outer `Err` is a trap; the inner one the
+    /// session's own error.
+    pub(crate) async fn dispatch(
+        &mut self,
+        session: &Session,
+        event: Event<'_>,
+    ) -> wasmtime::Result<Result<(), CallbackError>> {
+        let caller = session
+            .caller
+            .as_ref()
+            .ok_or_else(|| wasmtime::format_err!("session has no caller"))?;
+        let borrow = || Resource::<CallerState>::new_borrow(caller.rep());
+        self.arm_deadline();
+        let handler = self.handler()?.clone();
+        let api = handler.session();
+        let store = &mut self.store;
+        let this = session.session;
+        match event {
+            Event::Open => api.call_on_open(store, this, borrow()).await,
+            Event::Text(data) => api.call_on_text_message(store, this, borrow(), data).await,
+            Event::Binary(data) => {
+                api.call_on_binary_message(store, this, borrow(), data)
+                    .await
+            }
+            Event::Ping(data) => api.call_on_ping(store, this, borrow(), data).await,
+            Event::Pong(data) => api.call_on_pong(store, this, borrow(), data).await,
+            Event::IdleTimeout => api.call_on_idle_timeout(store, this, borrow()).await,
+            Event::Close(code, reason) => {
+                api.call_on_close(store, this, borrow(), code, reason).await
+            }
+            Event::Error(message) => api.call_on_error(store, this, borrow(), message).await,
+        }
+    }
+
+    /// Takes the frames the last callback queued.
+    pub(crate) fn take_outbox(&mut self, session: &Session) -> wasmtime::Result<Vec<Outgoing>> {
+        let Some(caller) = &session.caller else {
+            return Ok(Vec::new());
+        };
+        let state = self.store.data_mut().caller(caller)?;
+        state.queued = 0;
+        Ok(std::mem::take(&mut state.outbox))
+    }
+
+    /// Records that a close frame was sent or received, so `is-open` turns false and
+    /// further writes fail.
+    pub(crate) fn mark_closing(&mut self, session: &Session) -> wasmtime::Result<()> {
+        if let Some(caller) = &session.caller {
+            self.store.data_mut().caller(caller)?.closing = true;
+        }
+        Ok(())
+    }
+}
+
+/// A short description of why a guest call failed, for logs.
+pub(crate) fn describe_trap(error: &wasmtime::Error) -> String {
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => "callback exceeded its CPU deadline".to_owned(),
+        Some(trap) => format!("guest trapped: {trap}"),
+        None => format!("guest failed: {error:#}"),
+    }
+}

@@ -1,0 +1,115 @@
+//! A test component that echoes text, misbehaves when told to, and exercises the rest
+//! of the contract (upgrade rejection, headers, subprotocols, close, attributes,
+//! callbacks).
+//!
+//! Text commands: `panic`, `loop` (never returns), `alloc` (allocates without end),
+//! `close CODE REASON`, `fail-unsupported`, `fail-close CODE`, `ping`,
+//! `attr KEY VALUE` / `attr KEY` (set / read an attribute), `info` (id, secure,
+//! subprotocol). Anything else is echoed.
+
+use wasmsocket_guest::prelude::*;
+
+#[derive(Default)]
+struct Faulty {
+    events: Vec<String>,
+}
+
+#[wasmsocket_guest::service]
+impl Service for Faulty {
+    fn upgrade(request: &UpgradeRequest) -> Result<Accept<Self>, UpgradeError> {
+        match request.query_param("upgrade") {
+            Some("reject") => return Err(UpgradeError::forbidden("not you")),
+            Some("panic") => panic!("upgrade hook told to panic"),
+            Some("bad-header") => {
+                return Ok(Accept::new(Faulty::default()).header("connection", "close"));
+            }
+            Some("bad-protocol") => {
+                return Ok(Accept::new(Faulty::default()).subprotocol("never-offered"));
+            }
+            _ => {}
+        }
+        let mut accept = Accept::new(Faulty::default()).header("x-faulty", "yes");
+        if let Some(protocol) = request
+            .subprotocols
+            .iter()
+            .find(|p| p.as_str() == "faulty.v1")
+        {
+            accept = accept.subprotocol(protocol.clone());
+        }
+        Ok(accept)
+    }
+
+    fn on_open(&mut self, _caller: &Caller) -> Result {
+        self.events.push("open".into());
+        Ok(())
+    }
+
+    fn on_text_message(&mut self, caller: &Caller, text: String) -> Result {
+        let mut words = text.splitn(3, ' ');
+        match (words.next().unwrap_or(""), words.next(), words.next()) {
+            ("panic", _, _) => panic!("told to panic"),
+            ("loop", _, _) => {
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            ("alloc", _, _) => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            ("close", Some(code), reason) => {
+                let code = code
+                    .parse()
+                    .map_err(|_| Error::UnsupportedData("bad code".into()))?;
+                caller.close_with_timeout(code, reason.unwrap_or(""), 2_000)?;
+            }
+            ("fail-unsupported", _, _) => return Err(Error::UnsupportedData("not for me".into())),
+            ("fail-close", Some(code), _) => {
+                let code = code
+                    .parse()
+                    .map_err(|_| Error::UnsupportedData("bad code".into()))?;
+                return Err(Error::Close {
+                    code,
+                    reason: "as asked".into(),
+                });
+            }
+            ("ping", _, _) => caller.ping(b"hello")?,
+            ("attr", Some(key), Some(value)) => caller.set_attribute(key, value),
+            ("attr", Some(key), None) => {
+                caller.write_text(&caller.get_attribute(key).unwrap_or_else(|| "<none>".into()))?
+            }
+            ("events", _, _) => caller.write_text(&self.events.join(","))?,
+            ("info", _, _) => caller.write_text(&format!(
+                "id={} secure={} subprotocol={} open={}",
+                caller.id(),
+                caller.is_secure(),
+                caller.negotiated_subprotocol().unwrap_or_default(),
+                caller.is_open()
+            ))?,
+            _ => caller.write_text(&text)?,
+        }
+        Ok(())
+    }
+
+    fn on_ping(&mut self, caller: &Caller, data: Vec<u8>) -> Result {
+        self.events
+            .push(format!("ping:{}", String::from_utf8_lossy(&data)));
+        Ok(caller.pong(&data)?)
+    }
+
+    fn on_pong(&mut self, caller: &Caller, data: Vec<u8>) -> Result {
+        self.events
+            .push(format!("pong:{}", String::from_utf8_lossy(&data)));
+        caller.write_text(&format!("got pong {}", String::from_utf8_lossy(&data)))?;
+        Ok(())
+    }
+
+    fn on_close(&mut self, _caller: &Caller, code: u16, reason: String) -> Result {
+        eprintln!("faulty: on_close {code} {reason}");
+        Ok(())
+    }
+}

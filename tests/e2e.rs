@@ -1,0 +1,410 @@
+//! End to end: the real `wasmsocket` binary serving real components, driven by an
+//! independent client (tokio-tungstenite) and by raw sockets where a client library
+//! would refuse to misbehave.
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Bytes, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+use wasmsocket_tests::{Host, STEP, components};
+
+type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+// Every component must have a test named after it.
+macro_rules! assert_test_exists {
+    ($name:ident) => {
+        const _: fn() = $name;
+    };
+}
+wasmsocket_tests::foreach_component!(assert_test_exists);
+
+async fn connect(url: &str) -> Client {
+    let (client, response) = tokio::time::timeout(STEP, connect_async(url))
+        .await
+        .expect("connect in time")
+        .expect("upgrade accepted");
+    assert_eq!(response.status(), 101);
+    client
+}
+
+/// The next message that is not a ping or pong the client library handles itself.
+async fn next(client: &mut Client) -> Message {
+    tokio::time::timeout(STEP, client.next())
+        .await
+        .expect("a message in time")
+        .expect("stream open")
+        .expect("valid message")
+}
+
+async fn expect_close(client: &mut Client) -> (u16, String) {
+    loop {
+        match next(client).await {
+            Message::Close(Some(frame)) => return (frame.code.into(), frame.reason.to_string()),
+            Message::Close(None) => return (1005, String::new()),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+}
+
+/// Sends a raw HTTP request and returns the whole response as text.
+async fn raw_request(host: &Host, request: &str) -> String {
+    let mut stream = TcpStream::connect(host.addr()).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(STEP, stream.read_to_end(&mut response))
+        .await
+        .expect("response in time")
+        .unwrap();
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+fn status_of(response: &str) -> u16 {
+    response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {response:?}"))
+}
+
+const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+fn upgrade_request(path: &str, extra: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {KEY}\r\n{extra}\r\n"
+    )
+}
+
+/// A masked client frame (payload < 126 bytes).
+fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mask = [0x12, 0x34, 0x56, 0x78];
+    let mut frame = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// Reads one unmasked server frame (payload < 126 bytes): (opcode, payload).
+async fn server_frame(stream: &mut TcpStream) -> (u8, Vec<u8>) {
+    let mut head = [0u8; 2];
+    tokio::time::timeout(STEP, stream.read_exact(&mut head))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(head[1] & 0x80, 0, "server frames are not masked");
+    let len = (head[1] & 0x7f) as usize;
+    assert!(len < 126);
+    let mut payload = vec![0; len];
+    stream.read_exact(&mut payload).await.unwrap();
+    (head[0] & 0x0f, payload)
+}
+
+/// Opens a raw upgraded connection; returns the stream and the response head.
+async fn raw_upgrade(host: &Host, path: &str, extra: &str, then: &[u8]) -> (TcpStream, String) {
+    let mut stream = TcpStream::connect(host.addr()).await.unwrap();
+    let mut request = upgrade_request(path, extra).into_bytes();
+    request.extend_from_slice(then);
+    stream.write_all(&request).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        tokio::time::timeout(STEP, stream.read_exact(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
+        head.push(byte[0]);
+    }
+    (stream, String::from_utf8(head).unwrap())
+}
+
+fn echo_host() -> Host {
+    Host::with_service("/echo", components::ECHO, "")
+}
+
+#[tokio::test]
+async fn echo() {
+    let host = echo_host();
+    let mut client = connect(&host.url("/echo")).await;
+
+    client.send(Message::text("hello, wasm")).await.unwrap();
+    assert_eq!(next(&mut client).await, Message::text("hello, wasm"));
+
+    let blob: Vec<u8> = (0..=255).cycle().take(40_000).collect();
+    client.send(Message::binary(blob.clone())).await.unwrap();
+    assert_eq!(next(&mut client).await, Message::binary(blob));
+
+    // Echo has no on_ping: the host answers.
+    client
+        .send(Message::Ping(Bytes::from_static(b"are you there")))
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut client).await,
+        Message::Pong(Bytes::from_static(b"are you there"))
+    );
+
+    // Many messages in flight keep their order.
+    for i in 0..200 {
+        client.feed(Message::text(format!("m{i}"))).await.unwrap();
+    }
+    client.flush().await.unwrap();
+    for i in 0..200 {
+        assert_eq!(next(&mut client).await, Message::text(format!("m{i}")));
+    }
+
+    client
+        .close(Some(CloseFrame {
+            code: CloseCode::Library(4001),
+            reason: "done here".into(),
+        }))
+        .await
+        .unwrap();
+    assert_eq!(
+        expect_close(&mut client).await,
+        (4001, "done here".to_owned())
+    );
+}
+
+#[tokio::test]
+async fn http_statuses() {
+    let host = echo_host();
+    let unknown = raw_request(&host, &upgrade_request("/nowhere", "")).await;
+    assert_eq!(status_of(&unknown), 404, "{unknown}");
+
+    let plain = raw_request(&host, "GET /echo HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+    assert_eq!(status_of(&plain), 426, "{plain}");
+    assert!(
+        plain.to_ascii_lowercase().contains("upgrade: websocket"),
+        "{plain}"
+    );
+
+    let bad_key = upgrade_request("/echo", "").replace(KEY, "not-a-nonce");
+    assert_eq!(status_of(&raw_request(&host, &bad_key).await), 400);
+
+    let no_connection =
+        upgrade_request("/echo", "").replace("Connection: Upgrade", "Connection: close");
+    assert_eq!(status_of(&raw_request(&host, &no_connection).await), 400);
+
+    let post = upgrade_request("/echo", "").replace("GET", "POST");
+    assert_eq!(status_of(&raw_request(&host, &post).await), 400);
+
+    let old = raw_request(
+        &host,
+        &upgrade_request("/echo", "").replace("Version: 13", "Version: 8"),
+    )
+    .await;
+    assert_eq!(status_of(&old), 426, "{old}");
+    assert!(
+        old.to_ascii_lowercase()
+            .contains("sec-websocket-version: 13"),
+        "{old}"
+    );
+
+    let garbage = raw_request(&host, "\x16\x03\x01\x02\x00hello\r\n\r\n").await;
+    assert_eq!(status_of(&garbage), 400, "{garbage}");
+
+    let long_uri = format!("/echo?{}", "q".repeat(5000));
+    assert_eq!(
+        status_of(&raw_request(&host, &upgrade_request(&long_uri, "")).await),
+        414
+    );
+
+    let big_header = format!("X-Big: {}\r\n", "h".repeat(9000));
+    assert_eq!(
+        status_of(&raw_request(&host, &upgrade_request("/echo", &big_header)).await),
+        431
+    );
+
+    // After all that, the service still works.
+    let mut client = connect(&host.url("/echo")).await;
+    client.send(Message::text("still here")).await.unwrap();
+    assert_eq!(next(&mut client).await, Message::text("still here"));
+}
+
+#[tokio::test]
+async fn handshake_details() {
+    let host = echo_host();
+    // A browser's offer gets permessage-deflate with the browser's full window.
+    let (_, head) = raw_upgrade(
+        &host,
+        "/echo",
+        "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n",
+        b"",
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.contains("sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.contains("sec-websocket-extensions: permessage-deflate\r\n"),
+        "{head}"
+    );
+
+    // No offer, no extension.
+    let (_, head) = raw_upgrade(&host, "/echo", "", b"").await;
+    assert!(!head.contains("sec-websocket-extensions"), "{head}");
+
+    // A frame sent in the same packet as the upgrade request is not lost.
+    let (mut stream, _) = raw_upgrade(&host, "/echo", "", &client_frame(0x1, b"early")).await;
+    assert_eq!(server_frame(&mut stream).await, (0x1, b"early".to_vec()));
+}
+
+#[tokio::test]
+async fn compression_can_be_switched_off() {
+    let host = Host::start(&format!(
+        "[listener]\nhost = \"127.0.0.1\"\nport = 0\nweb_socket_compression_enabled = false\n\n\
+         [[service]]\npath = \"/echo\"\ncomponent = {:?}\n",
+        components::ECHO
+    ));
+    let (_, head) = raw_upgrade(
+        &host,
+        "/echo",
+        "Sec-WebSocket-Extensions: permessage-deflate\r\n",
+        b"",
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(!head.contains("sec-websocket-extensions"), "{head}");
+}
+
+#[tokio::test]
+async fn protocol_violations_close_with_the_right_code() {
+    let host = Host::with_service("/echo", components::ECHO, "max_frame_size = 1000");
+    // A frame over max_frame_size: 1009.
+    let mut client = connect(&host.url("/echo")).await;
+    client.send(Message::text("x".repeat(1001))).await.unwrap();
+    assert_eq!(expect_close(&mut client).await.0, 1009);
+    // Exactly max_frame_size is fine.
+    let mut client = connect(&host.url("/echo")).await;
+    client.send(Message::text("y".repeat(1000))).await.unwrap();
+    assert_eq!(next(&mut client).await, Message::text("y".repeat(1000)));
+
+    // Invalid UTF-8 in a text frame: 1007.
+    let (mut stream, _) =
+        raw_upgrade(&host, "/echo", "", &client_frame(0x1, &[0xce, 0xba, 0xff])).await;
+    let (opcode, payload) = server_frame(&mut stream).await;
+    assert_eq!(opcode, 0x8);
+    assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 1007);
+
+    // An unknown opcode: a protocol error, 1002 or 1003.
+    let (mut stream, _) = raw_upgrade(&host, "/echo", "", &client_frame(0x3, b"")).await;
+    let (opcode, payload) = server_frame(&mut stream).await;
+    assert_eq!(opcode, 0x8);
+    let code = u16::from_be_bytes([payload[0], payload[1]]);
+    assert!(code == 1002 || code == 1003, "{code}");
+}
+
+fn faulty_host(extra: &str) -> Host {
+    Host::with_service("/faulty", components::FAULTY, extra)
+}
+
+#[tokio::test]
+async fn faulty() {
+    // The upgrade hook decides: reject with its status and message.
+    let host = faulty_host("");
+    let rejected = raw_request(&host, &upgrade_request("/faulty?upgrade=reject", "")).await;
+    assert_eq!(status_of(&rejected), 403, "{rejected}");
+    assert!(rejected.ends_with("not you"), "{rejected}");
+
+    // A hook that panics, or answers with what the host must not send: 500.
+    for query in ["panic", "bad-header", "bad-protocol"] {
+        let response = raw_request(
+            &host,
+            &upgrade_request(&format!("/faulty?upgrade={query}"), ""),
+        )
+        .await;
+        assert_eq!(status_of(&response), 500, "{query}: {response}");
+    }
+
+    // Extra headers and a subprotocol chosen by the hook.
+    let mut request = host.url("/faulty").into_client_request().unwrap();
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        "other, faulty.v1".parse().unwrap(),
+    );
+    let (mut client, response) = connect_async(request).await.unwrap();
+    assert_eq!(response.headers()["x-faulty"], "yes");
+    assert_eq!(response.headers()["sec-websocket-protocol"], "faulty.v1");
+    client.send(Message::text("info")).await.unwrap();
+    let info = next(&mut client).await.into_text().unwrap();
+    assert!(
+        info.contains("secure=false subprotocol=faulty.v1 open=true"),
+        "{info}"
+    );
+    assert!(
+        info.starts_with("id=") && info.len() > "id= ".len(),
+        "{info}"
+    );
+
+    // Attributes live as long as the connection.
+    client
+        .send(Message::text("attr colour blue"))
+        .await
+        .unwrap();
+    client.send(Message::text("attr colour")).await.unwrap();
+    assert_eq!(next(&mut client).await, Message::text("blue"));
+    client.send(Message::text("attr size")).await.unwrap();
+    assert_eq!(next(&mut client).await, Message::text("<none>"));
+
+    // on_open ran first; the guest's ping reaches the client and its pong reaches
+    // on_pong.
+    client.send(Message::text("ping")).await.unwrap();
+    loop {
+        match next(&mut client).await {
+            Message::Ping(data) => assert_eq!(&data[..], b"hello"),
+            Message::Text(text) => {
+                assert_eq!(text.as_str(), "got pong hello");
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // This session implements on_ping: it answers, and the host does not answer too.
+    client
+        .send(Message::Ping(Bytes::from_static(b"knock")))
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut client).await,
+        Message::Pong(Bytes::from_static(b"knock"))
+    );
+    client.send(Message::text("events")).await.unwrap();
+    assert_eq!(
+        next(&mut client).await,
+        Message::text("open,pong:hello,ping:knock")
+    );
+
+    // The guest closes with its code and reason.
+    client
+        .send(Message::text("close 4321 see you"))
+        .await
+        .unwrap();
+    assert_eq!(
+        expect_close(&mut client).await,
+        (4321, "see you".to_owned())
+    );
+
+    // A callback error ends the connection with the code it names.
+    for (command, code) in [
+        ("fail-unsupported", 1003),
+        ("fail-close 4000", 4000),
+        ("fail-close 1005", 1011), // not sendable: the host substitutes 1011
+    ] {
+        let mut client = connect(&host.url("/faulty")).await;
+        client.send(Message::text(command)).await.unwrap();
+        assert_eq!(expect_close(&mut client).await.0, code, "{command}");
+    }
+
+    // An invalid close code from the caller is refused, not sent.
+    let mut client = connect(&host.url("/faulty")).await;
+    client.send(Message::text("close 1006 nope")).await.unwrap();
+    assert_eq!(expect_close(&mut client).await.0, 1011);
+}

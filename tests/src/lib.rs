@@ -1,0 +1,122 @@
+//! Helpers for the end-to-end tests: the guest components built by `build.rs`, and a
+//! handle on a running `wasmsocket` host process.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// Paths of the guest components, built for `wasm32-wasip2` by `build.rs`.
+pub mod components {
+    include!(concat!(env!("OUT_DIR"), "/components.rs"));
+}
+
+/// The `wasmsocket` binary of this build (cargo builds it for the host crate's own
+/// integration tests, beside this test executable).
+pub fn host_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test executables live in <target>/<profile>/deps");
+    let binary = profile_dir.join(format!("wasmsocket{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        binary.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` (see README)",
+        binary.display()
+    );
+    binary
+}
+
+/// A private scratch directory for one test.
+pub fn scratch_dir(label: &str) -> PathBuf {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "wasmsocket-{label}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+/// A running host process, killed when dropped.
+pub struct Host {
+    child: Child,
+    addr: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Host {
+    /// Starts `wasmsocket serve` with `config`, a TOML text whose `[listener]` must say
+    /// `port = 0`; waits until it listens.
+    pub fn start(config: &str) -> Self {
+        let dir = scratch_dir("host");
+        let file = dir.join("wasmsocket.toml");
+        std::fs::write(&file, config).expect("write config");
+        let mut child = Command::new(host_binary())
+            .args(["serve", "--config"])
+            .arg(&file)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the wasmsocket binary");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(addr) = line.strip_prefix("wasmsocket listening on ") {
+                        break addr.trim().parse().expect("listening address");
+                    }
+                }
+                _ => {
+                    let status = child.wait().expect("host exit status");
+                    panic!("host exited before listening: {status}");
+                }
+            }
+        };
+        // Keep draining stdout so the host never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, addr, dir }
+    }
+
+    /// Starts a host serving one component at `path` with extra service settings.
+    pub fn with_service(path: &str, component: &str, service_extra: &str) -> Self {
+        Self::start(&format!(
+            "[listener]\nhost = \"127.0.0.1\"\nport = 0\n\n[[service]]\npath = \"{path}\"\ncomponent = {component:?}\n{service_extra}\n"
+        ))
+    }
+
+    /// The address the host listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `ws://host:port{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.addr)
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("poll host").is_none()
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// How long a test waits for any one expected event before failing.
+pub const STEP: Duration = Duration::from_secs(10);
