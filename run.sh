@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Sets up everything and runs the host serving the example services of wasmsocket.toml
+# (ws://127.0.0.1:9090/echo). Stop it with Ctrl-C.
+set -euo pipefail
+cd "$(dirname "$0")"
+source scripts/setup.sh
+
+examples=()
+for dir in guest/examples/*/; do
+    examples+=(-p "$(basename "$dir")")
+done
+cargo build --release --target wasm32-wasip2 "${examples[@]}"
+mkdir -p components
+for dir in guest/examples/*/; do
+    name="$(basename "$dir")"
+    cp "$CARGO_TARGET_DIR/wasm32-wasip2/release/${name//-/_}.wasm" components/
+done
+
+cargo build --release -p wasmsocket-host
+exec "$CARGO_TARGET_DIR/release/wasmsocket" serve --config wasmsocket.toml "$@"
