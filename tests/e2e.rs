@@ -408,3 +408,39 @@ async fn faulty() {
     client.send(Message::text("close 1006 nope")).await.unwrap();
     assert_eq!(expect_close(&mut client).await.0, 1011);
 }
+
+#[tokio::test]
+async fn static_files() {
+    let www = wasmsocket_tests::scratch_dir("www");
+    std::fs::write(www.join("index.html"), "<h1>front end</h1>").unwrap();
+    std::fs::create_dir_all(www.join("pkg")).unwrap();
+    std::fs::write(www.join("pkg/app_bg.wasm"), b"\0asm\x01\0\0\0").unwrap();
+    let host = Host::start(&format!(
+        "[listener]\nhost = \"127.0.0.1\"\nport = 0\n\n[static_files]\ndir = {:?}\n\n\
+         [[service]]\npath = \"/echo\"\ncomponent = {:?}\n",
+        www.display().to_string(),
+        components::ECHO
+    ));
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+
+    let index = raw_request(&host, &get("/")).await;
+    assert_eq!(status_of(&index), 200, "{index}");
+    assert!(index.contains("content-type: text/html"), "{index}");
+    assert!(index.ends_with("<h1>front end</h1>"), "{index}");
+
+    let wasm = raw_request(&host, &get("/pkg/app_bg.wasm")).await;
+    assert_eq!(status_of(&wasm), 200, "{wasm}");
+    assert!(wasm.contains("content-type: application/wasm"), "{wasm}");
+
+    for outside in ["/../Cargo.toml", "/%2e%2e/Cargo.toml", "/missing.js"] {
+        assert_eq!(status_of(&raw_request(&host, &get(outside)).await), 404, "{outside}");
+    }
+    let post = raw_request(&host, "POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n").await;
+    assert_eq!(status_of(&post), 405, "{post}");
+    // A WebSocket upgrade only ever reaches a service.
+    assert_eq!(status_of(&raw_request(&host, &upgrade_request("/", "")).await), 404);
+    // Service paths still belong to the service.
+    let plain = raw_request(&host, &get("/echo")).await;
+    assert_eq!(status_of(&plain), 426, "{plain}");
+    std::fs::remove_dir_all(&www).unwrap();
+}

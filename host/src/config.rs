@@ -23,6 +23,25 @@ pub struct Config {
     /// The services, one per path (Ballerina upgrade services).
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceConfig>,
+    /// A directory of static files (the browser front end) served over plain HTTP.
+    #[serde(default)]
+    pub static_files: Option<StaticFiles>,
+}
+
+/// Static files served for paths no service claims.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct StaticFiles {
+    /// The directory, relative to the config file.
+    pub dir: PathBuf,
+    /// The URL prefix the directory is served under. Default `/`.
+    #[serde(default = "default_static_path")]
+    pub path: String,
+}
+
+fn default_static_path() -> String {
+    "/".into()
 }
 
 /// Ballerina's `ListenerConfiguration`, plus the port.
@@ -180,6 +199,9 @@ impl Config {
         for service in &mut config.services {
             service.component = base.join(&service.component);
         }
+        if let Some(files) = &mut config.static_files {
+            files.dir = base.join(&files.dir);
+        }
         Ok(config)
     }
 
@@ -211,6 +233,11 @@ impl Config {
         }
         if listener.request_limits.max_header_size < 64 {
             return Err("listener.request_limits.max_header_size: must be at least 64".into());
+        }
+        if let Some(files) = &self.static_files
+            && !files.path.starts_with('/')
+        {
+            return Err("static_files.path: must start with '/'".into());
         }
         for (index, service) in self.services.iter().enumerate() {
             let field = |name: &str| format!("service[{index}].{name}");
@@ -348,6 +375,21 @@ mod tests {
         assert_eq!(service.frame_size_limit(), 65536);
         assert_eq!(service.idle_timeout(), None);
         assert_eq!(service.limits.callback_deadline(), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn static_files_resolve_against_the_file() {
+        let config = Config::parse(&format!("{MINIMAL}\n[static_files]\ndir = \"www\"")).unwrap();
+        let files = config.static_files.unwrap();
+        assert_eq!(files.path, "/");
+        assert_eq!(files.dir, Path::new("www"));
+        let bad = format!("{MINIMAL}\n[static_files]\ndir = \"www\"\npath = \"ui\"");
+        assert!(
+            Config::parse(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("static_files.path")
+        );
     }
 
     #[test]

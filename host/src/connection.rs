@@ -53,6 +53,14 @@ where
         }
     };
     let Some(service) = shared.services.get(request.path.as_str()) else {
+        if let Some(files) = &shared.static_files
+            && request.upgrade() == Upgrade::NotRequested
+        {
+            match crate::files::serve(files, &request, &mut io, server).await {
+                Ok(true) | Err(_) => return,
+                Ok(false) => {}
+            }
+        }
         let _ = http::respond(&mut io, 404, &[], server, "no service at this path").await;
         return;
     };
@@ -77,8 +85,9 @@ where
     };
     let accept = engine::accept_key(key);
     let id = shared.next_connection_id();
-    let span = tracing::info_span!("conn", id = %id, service = %service.config.path, %remote);
-    let _enter = span.enter();
+    let span = tracing::Span::current();
+    span.record("id", id.as_str());
+    span.record("service", service.config.path.as_str());
     let Some((mut instance, decision)) =
         upgrade(service, &request, remote, secure, &mut io, server).await
     else {
@@ -185,6 +194,7 @@ where
         session,
         callbacks,
         idle_timeout: service.config.idle_timeout(),
+        poisoned: false,
     };
     connection.run().await;
     debug!("connection closed");
@@ -273,6 +283,8 @@ struct Connection<S> {
     session: Session,
     callbacks: Callbacks,
     idle_timeout: Option<Duration>,
+    /// The instance trapped: it must not be called again.
+    poisoned: bool,
 }
 
 impl<S> Connection<S>
@@ -367,6 +379,7 @@ where
             }
             Err(trap) => {
                 warn!("{}; closing with 1011", describe_trap(&trap));
+                self.poisoned = true;
                 self.close(1011, "internal error", CLOSE_TIMEOUT).await;
                 Next::Stop
             }
@@ -376,7 +389,7 @@ where
     /// Delivers a last event of a connection that is already closed: nothing it
     /// queues can be sent.
     async fn deliver_final(&mut self, event: Event<'_>) -> Next {
-        if !self.callbacks.contains(event.callback()) {
+        if self.poisoned || !self.callbacks.contains(event.callback()) {
             return Next::Stop;
         }
         match self.instance.dispatch(&self.session, event).await {
@@ -392,6 +405,7 @@ where
             Ok(outbox) => outbox,
             Err(trap) => {
                 warn!("{}", describe_trap(&trap));
+                self.poisoned = true;
                 self.close(1011, "internal error", CLOSE_TIMEOUT).await;
                 return Next::Stop;
             }
@@ -486,6 +500,72 @@ fn close_for(error: &CallbackError) -> (u16, String) {
                 "session asked for an invalid close code; using 1011"
             );
             (1011, frame.reason.clone())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::CloseFrame;
+
+    fn header(name: &str, value: &str) -> Header {
+        Header {
+            name: name.into(),
+            value: value.into(),
+        }
+    }
+
+    #[test]
+    fn guest_headers_are_checked() {
+        assert!(is_allowed_header(&header("x-trace", "abc 123")));
+        assert!(is_allowed_header(&header("set-cookie", "a=b; Path=/")));
+        for (name, value) in [
+            ("Connection", "close"),
+            ("sec-websocket-accept", "forged"),
+            ("server", "other"),
+            ("bad name", "x"),
+            ("", "x"),
+            ("x-split", "a\r\nx-injected: yes"),
+            ("x-nul", "a\0b"),
+        ] {
+            assert!(
+                !is_allowed_header(&header(name, value)),
+                "{name}: {value:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn callback_errors_map_to_close_codes() {
+        let cases = [
+            (CallbackError::UnsupportedData("t".into()), 1003),
+            (CallbackError::PolicyViolation("t".into()), 1008),
+            (CallbackError::Internal("t".into()), 1011),
+            (
+                CallbackError::Close(CloseFrame {
+                    code: 4002,
+                    reason: "t".into(),
+                }),
+                4002,
+            ),
+            (
+                CallbackError::Close(CloseFrame {
+                    code: 1006,
+                    reason: "t".into(),
+                }),
+                1011,
+            ),
+            (
+                CallbackError::Close(CloseFrame {
+                    code: 5000,
+                    reason: "t".into(),
+                }),
+                1011,
+            ),
+        ];
+        for (error, code) in cases {
+            assert_eq!(close_for(&error), (code, "t".to_owned()), "{error:?}");
         }
     }
 }

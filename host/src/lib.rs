@@ -13,10 +13,13 @@ mod config;
 mod connection;
 mod engine;
 mod error;
+mod files;
 mod http;
 mod runtime;
 mod server;
 
-pub use config::{Config, ListenerConfig, RequestLimits, SandboxLimits, ServiceConfig};
+pub use config::{
+    Config, ListenerConfig, RequestLimits, SandboxLimits, ServiceConfig, StaticFiles,
+};
 pub use error::{Error, Result};
 pub use server::Server;

@@ -32,6 +32,8 @@ pub(crate) mod bindings {
 }
 
 use bindings::exports::wasmsocket::service::handler::Acceptance;
+#[cfg(test)]
+pub(crate) use bindings::wasmsocket::service::types::CloseFrame;
 pub(crate) use bindings::wasmsocket::service::types::{
     CallbackError, Callbacks, CallerError, Header, UpgradeRejection, UpgradeRequest,
 };
@@ -577,5 +579,49 @@ pub(crate) fn describe_trap(error: &wasmtime::Error) -> String {
         Some(Trap::Interrupt) => "callback exceeded its CPU deadline".to_owned(),
         Some(trap) => format!("guest trapped: {trap}"),
         None => format!("guest failed: {error:#}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sendable_close_codes() {
+        for code in [
+            1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1014, 3000, 4999,
+        ] {
+            assert!(is_sendable_close_code(code), "{code}");
+        }
+        for code in [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000] {
+            assert!(!is_sendable_close_code(code), "{code}");
+        }
+    }
+
+    #[test]
+    fn reasons_are_cut_at_a_character_boundary() {
+        assert_eq!(truncate_reason("short"), "short");
+        let long = "é".repeat(100); // 200 bytes
+        let cut = truncate_reason(&long);
+        assert_eq!(cut.len(), 122);
+        assert!(long.starts_with(cut));
+    }
+
+    #[test]
+    fn each_event_has_its_callback_flag() {
+        let events = [
+            Event::Open,
+            Event::Text(""),
+            Event::Binary(&[]),
+            Event::Ping(&[]),
+            Event::Pong(&[]),
+            Event::IdleTimeout,
+            Event::Close(1000, ""),
+            Event::Error(""),
+        ];
+        let all = events
+            .iter()
+            .fold(Callbacks::empty(), |all, event| all | event.callback());
+        assert_eq!(all, Callbacks::all());
     }
 }

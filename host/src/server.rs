@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 
-use crate::config::{Config, ListenerConfig, ServiceConfig};
+use crate::config::{Config, ListenerConfig, ServiceConfig, StaticFiles};
 use crate::runtime::{Runtime, ServiceComponent};
 use crate::{Error, Result, connection};
 
@@ -34,6 +34,7 @@ pub struct Server {
 pub(crate) struct Shared {
     pub(crate) listener: ListenerConfig,
     pub(crate) services: HashMap<String, Service>,
+    pub(crate) static_files: Option<StaticFiles>,
     next_id: AtomicU64,
     // Keeps the engine's deadline ticker running while the server lives.
     _runtime: Runtime,
@@ -79,6 +80,7 @@ impl Server {
             shared: Arc::new(Shared {
                 listener: config.listener,
                 services,
+                static_files: config.static_files,
                 next_id: AtomicU64::new(1),
                 _runtime: runtime,
             }),
@@ -123,9 +125,17 @@ impl Server {
             };
             let _ = stream.set_nodelay(true);
             let shared = self.shared.clone();
-            tokio::spawn(async move {
-                connection::serve(&shared, stream, remote, false).await;
-            });
+            // `id` and `service` are recorded once the request is routed.
+            let span = tracing::info_span!(
+                "conn",
+                %remote,
+                id = tracing::field::Empty,
+                service = tracing::field::Empty
+            );
+            tokio::spawn(
+                async move { connection::serve(&shared, stream, remote, false).await }
+                    .instrument(span),
+            );
         }
     }
 }
