@@ -433,12 +433,23 @@ async fn static_files() {
     assert!(wasm.contains("content-type: application/wasm"), "{wasm}");
 
     for outside in ["/../Cargo.toml", "/%2e%2e/Cargo.toml", "/missing.js"] {
-        assert_eq!(status_of(&raw_request(&host, &get(outside)).await), 404, "{outside}");
+        assert_eq!(
+            status_of(&raw_request(&host, &get(outside)).await),
+            404,
+            "{outside}"
+        );
     }
-    let post = raw_request(&host, "POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n").await;
+    let post = raw_request(
+        &host,
+        "POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await;
     assert_eq!(status_of(&post), 405, "{post}");
     // A WebSocket upgrade only ever reaches a service.
-    assert_eq!(status_of(&raw_request(&host, &upgrade_request("/", "")).await), 404);
+    assert_eq!(
+        status_of(&raw_request(&host, &upgrade_request("/", "")).await),
+        404
+    );
     // Service paths still belong to the service.
     let plain = raw_request(&host, &get("/echo")).await;
     assert_eq!(status_of(&plain), 426, "{plain}");

@@ -2,6 +2,7 @@
 //! of the contract (upgrade rejection, headers, subprotocols, close, attributes,
 //! callbacks).
 //!
+//! Upgrade queries: `upgrade=reject|panic|bad-header|bad-protocol`, `until=<unix ms>`.
 //! Text commands: `panic`, `loop` (never returns), `alloc` (allocates without end),
 //! `close CODE REASON`, `fail-unsupported`, `fail-close CODE`, `ping`,
 //! `attr KEY VALUE` / `attr KEY` (set / read an attribute), `info` (id, secure,
@@ -17,6 +18,18 @@ struct Faulty {
 #[wasmsocket_guest::service]
 impl Service for Faulty {
     fn upgrade(request: &UpgradeRequest) -> Result<Accept<Self>, UpgradeError> {
+        // `until=<unix ms>`: unavailable (503) until then, to exercise client retries.
+        if let Some(until) = request
+            .query_param("until")
+            .and_then(|v| v.parse::<u128>().ok())
+        {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis());
+            if now < until {
+                return Err(UpgradeError::new(503, "not yet"));
+            }
+        }
         match request.query_param("upgrade") {
             Some("reject") => return Err(UpgradeError::forbidden("not you")),
             Some("panic") => panic!("upgrade hook told to panic"),

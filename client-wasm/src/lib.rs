@@ -1,0 +1,614 @@
+//! A WebSocket client with one API in the browser and natively: Ballerina's
+//! `websocket:Client` in Rust.
+//!
+//! On `wasm32-unknown-unknown` it drives the browser's `WebSocket` (web-sys); elsewhere
+//! it speaks the protocol itself with the same engine as the wasmsocket host (yawc).
+//! Code written against [`Client`] compiles for both.
+//!
+//! ```no_run
+//! # async fn demo() -> wasmsocket_client::Result<()> {
+//! use wasmsocket_client::{Client, ClientConfig};
+//!
+//! let mut client = Client::connect("ws://127.0.0.1:9090/echo", ClientConfig::default()).await?;
+//! client.write_text("Text message").await?;
+//! let reply = client.read_text().await?;
+//!
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct Point { x: i32, y: i32 }
+//! client.write_message(&Point { x: 1, y: 2 }).await?; // a JSON text frame
+//! let point: Point = client.read_message().await?;
+//! client.close(1000, "done", std::time::Duration::from_secs(5)).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Data binding
+//!
+//! [`Client::write_message`] sends strings as they are and every other value as JSON
+//! in a text frame; [`Xml`] values go as XML text, and byte strings
+//! (`serde_bytes::ByteBuf`, `&serde_bytes::Bytes`) in a binary frame.
+//! [`Client::read_message`] follows the specification: a text frame read as `String` is
+//! presented as it is, as [`Xml<T>`] is parsed as XML, as anything else is parsed as
+//! JSON; a binary frame read as `Vec<u8>` or a byte buffer is presented as it is,
+//! otherwise it is first taken as UTF-8 text and then bound as above.
+//!
+//! # Browser differences
+//!
+//! A browser's `WebSocket` cannot set headers, send pings or pongs, close with codes
+//! other than 1000 and 3000–4999, limit frame sizes, disable compression or use its own
+//! TLS settings. Configuring one of those in the browser makes [`Client::connect`] (or
+//! the call) fail with [`Error::Unsupported`] naming the feature; nothing is silently
+//! ignored. Each such field says "Native only."
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+use std::time::Duration;
+
+mod binding;
+pub use binding::Xml;
+
+#[cfg(not(target_arch = "wasm32"))]
+mod native;
+#[cfg(not(target_arch = "wasm32"))]
+use native as backend;
+
+#[cfg(target_arch = "wasm32")]
+mod web;
+#[cfg(target_arch = "wasm32")]
+use web as backend;
+
+#[cfg(target_arch = "wasm32")]
+mod js;
+
+/// The result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything a client operation can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The URL is not a valid `ws://` or `wss://` URL. Fix the URL.
+    #[error("invalid WebSocket URL {url:?}: {reason}")]
+    InvalidUrl {
+        /// The URL given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The configuration asks for something impossible. The message names the field.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+    /// The server could not be reached or the connection broke. Retry later, or
+    /// configure [`ClientConfig::retry`].
+    #[error("connection failed: {0}")]
+    Connect(String),
+    /// The server answered the upgrade with something other than `101`: the status,
+    /// headers and body are here (a `401` or `403` means credentials are missing).
+    #[error("upgrade refused with status {status}")]
+    Handshake {
+        /// The HTTP status.
+        status: u16,
+        /// The response headers, lower-case names.
+        headers: Vec<(String, String)>,
+        /// The response body, when it came with a `content-length`.
+        body: String,
+    },
+    /// The server broke the protocol during the handshake (bad accept key, an
+    /// extension or subprotocol that was not offered).
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The handshake did not complete within `handshake_timeout`.
+    #[error("handshake timed out")]
+    HandshakeTimeout,
+    /// No message arrived within `read_timeout`. The connection stays open.
+    #[error("read timed out")]
+    ReadTimeout,
+    /// A write did not complete within `write_timeout`.
+    #[error("write timed out")]
+    WriteTimeout,
+    /// The connection was closed (by the peer, or by [`Client::close`]); this is how a
+    /// normal end shows up. `code` is 1006 when it dropped without a close frame.
+    #[error("connection closed ({code}{})", if reason.is_empty() { String::new() } else { format!(": {reason}") })]
+    ConnectionClosed {
+        /// The close code.
+        code: u16,
+        /// The close reason.
+        reason: String,
+    },
+    /// The message arrived but is not of the kind asked for (e.g. binary for
+    /// `read_text`). It is consumed.
+    #[error("expected a {expected} message, got a {got} message")]
+    UnexpectedMessage {
+        /// What the call reads.
+        expected: &'static str,
+        /// What arrived.
+        got: &'static str,
+    },
+    /// The message could not be bound to (or from) the requested type.
+    #[error("data binding failed: {0}")]
+    Binding(String),
+    /// The operation or configured feature is not available on this target (usually
+    /// the browser). The message names it.
+    #[error("{0} is not supported on this target")]
+    Unsupported(&'static str),
+}
+
+/// A complete WebSocket message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// A text message.
+    Text(String),
+    /// A binary message.
+    Binary(Vec<u8>),
+}
+
+impl Message {
+    fn kind(&self) -> &'static str {
+        match self {
+            Message::Text(_) => "text",
+            Message::Binary(_) => "binary",
+        }
+    }
+}
+
+/// Reconnection on failure: Ballerina's `RetryConfig`.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct RetryConfig {
+    /// Attempts after the first failure; 0 retries forever.
+    pub max_count: u32,
+    /// Wait before the first retry.
+    pub interval: Duration,
+    /// Each wait is the previous one times this factor.
+    pub back_off_factor: f64,
+    /// No wait is longer than this.
+    pub max_wait_interval: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_count: 0,
+            interval: Duration::from_secs(1),
+            back_off_factor: 1.0,
+            max_wait_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetryConfig {
+    /// Retries up to `max_count` times (0: forever), starting after `interval`.
+    pub fn new(max_count: u32, interval: Duration) -> Self {
+        Self {
+            max_count,
+            interval,
+            ..Self::default()
+        }
+    }
+
+    /// Multiplies the wait by `factor` after each attempt, up to `max_wait_interval`.
+    pub fn back_off(mut self, factor: f64, max_wait_interval: Duration) -> Self {
+        self.back_off_factor = factor;
+        self.max_wait_interval = max_wait_interval;
+        self
+    }
+
+    /// The wait before retry number `attempt` (1-based).
+    fn wait(&self, attempt: u32) -> Duration {
+        let factor = self
+            .back_off_factor
+            .max(1.0)
+            .powi(attempt.saturating_sub(1) as i32);
+        self.interval.mul_f64(factor).min(self.max_wait_interval)
+    }
+
+    fn allows(&self, attempt: u32) -> bool {
+        self.max_count == 0 || attempt <= self.max_count
+    }
+}
+
+/// A cookie sent with the upgrade request (Ballerina's `http:Cookie`, name and value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cookie {
+    /// The cookie name.
+    pub name: String,
+    /// The cookie value.
+    pub value: String,
+}
+
+/// Credentials sent with the upgrade request (spec 5.2, client). Native only: a
+/// browser's `WebSocket` cannot send an `Authorization` header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientAuth {
+    /// HTTP Basic authentication (`CredentialsConfig`).
+    Basic {
+        /// The user name.
+        username: String,
+        /// The password.
+        password: String,
+    },
+    /// A bearer token (`BearerTokenConfig`).
+    Bearer {
+        /// The token.
+        token: String,
+    },
+}
+
+/// Called with each ping or pong the server sends: Ballerina's `PingPongService`.
+pub trait PingPongHandler: Send + Sync {
+    /// A ping arrived. Return the payload to answer with a pong, or `None` to send
+    /// none. When no handler is configured, every ping is answered automatically.
+    fn on_ping(&self, data: &[u8]) -> Option<Vec<u8>> {
+        Some(data.to_vec())
+    }
+
+    /// A pong arrived.
+    fn on_pong(&self, data: &[u8]) {
+        let _ = data;
+    }
+}
+
+/// Ballerina's `ClientConfiguration`, plus the fields its implementation has beyond the
+/// specification text. `ClientConfig::default()` matches the specification's defaults.
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub struct ClientConfig {
+    /// Subprotocols to offer, most preferred first.
+    pub subprotocols: Vec<String>,
+    /// Extra headers for the upgrade request. Native only.
+    pub custom_headers: Vec<(String, String)>,
+    /// How long a read waits for a message; `None` waits forever.
+    pub read_timeout: Option<Duration>,
+    /// How long a write may take (in the browser: waiting for `bufferedAmount` to
+    /// drain); `None` waits forever.
+    pub write_timeout: Option<Duration>,
+    /// How long connecting (TCP and the upgrade) may take. Default 300 s, as in the
+    /// specification.
+    pub handshake_timeout: Option<Duration>,
+    /// TLS settings for `wss://`. Native only; reserved for the security work (a
+    /// browser uses its own TLS).
+    pub secure_socket: Option<SecureSocket>,
+    /// The largest frame payload accepted, bytes; `None` means the specification's
+    /// 65536. Native only.
+    pub max_frame_size: Option<usize>,
+    /// Whether to offer permessage-deflate. `None` means yes (the specification's
+    /// default); `Some(false)` is native only (a browser decides for itself).
+    pub compression: Option<bool>,
+    /// Cookies for the upgrade request. Native only (a browser sends its own).
+    pub cookies: Vec<Cookie>,
+    /// Credentials for the upgrade request. Native only.
+    pub auth: Option<ClientAuth>,
+    /// Reconnect on connect failure, and on read/write failure, as Ballerina's
+    /// `RetryConfig` does.
+    pub retry: Option<RetryConfig>,
+    /// Receives pings and pongs; the handler then answers pings. Native only.
+    pub ping_pong_handler: Option<std::sync::Arc<dyn PingPongHandler>>,
+}
+
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("subprotocols", &self.subprotocols)
+            .field("custom_headers", &self.custom_headers)
+            .field("read_timeout", &self.read_timeout)
+            .field("write_timeout", &self.write_timeout)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("max_frame_size", &self.max_frame_size)
+            .field("compression", &self.compression)
+            .field("cookies", &self.cookies.len())
+            .field("auth", &self.auth.as_ref().map(|_| "<redacted>"))
+            .field("retry", &self.retry)
+            .field("ping_pong_handler", &self.ping_pong_handler.is_some())
+            .finish()
+    }
+}
+
+/// TLS settings of a `wss://` client (Ballerina's `ClientSecureSocket`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SecureSocket {
+    /// A PEM file of CA certificates to trust instead of the system roots.
+    pub cert: Option<std::path::PathBuf>,
+}
+
+/// The specification's default frame size limit.
+pub const DEFAULT_MAX_FRAME_SIZE: usize = 65536;
+/// The specification's default handshake timeout.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(300);
+
+impl ClientConfig {
+    /// Offers `subprotocols`.
+    pub fn subprotocols<S: Into<String>>(
+        mut self,
+        subprotocols: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.subprotocols = subprotocols.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Adds a header to the upgrade request. Native only.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.custom_headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Sets the read timeout.
+    pub fn read_timeout(mut self, timeout: Duration) -> Self {
+        self.read_timeout = Some(timeout);
+        self
+    }
+
+    /// Sets the write timeout.
+    pub fn write_timeout(mut self, timeout: Duration) -> Self {
+        self.write_timeout = Some(timeout);
+        self
+    }
+
+    /// Sets the handshake timeout.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = Some(timeout);
+        self
+    }
+
+    /// Sets the largest frame accepted. Native only.
+    pub fn max_frame_size(mut self, bytes: usize) -> Self {
+        self.max_frame_size = Some(bytes);
+        self
+    }
+
+    /// Offers permessage-deflate, or not (`false` is native only).
+    pub fn compression(mut self, enabled: bool) -> Self {
+        self.compression = Some(enabled);
+        self
+    }
+
+    /// Adds a cookie. Native only.
+    pub fn cookie(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.cookies.push(Cookie {
+            name: name.into(),
+            value: value.into(),
+        });
+        self
+    }
+
+    /// Sends credentials. Native only.
+    pub fn auth(mut self, auth: ClientAuth) -> Self {
+        self.auth = Some(auth);
+        self
+    }
+
+    /// Reconnects on failure.
+    pub fn retry(mut self, retry: RetryConfig) -> Self {
+        self.retry = Some(retry);
+        self
+    }
+
+    /// Handles pings and pongs. Native only.
+    pub fn ping_pong_handler(mut self, handler: impl PingPongHandler + 'static) -> Self {
+        self.ping_pong_handler = Some(std::sync::Arc::new(handler));
+        self
+    }
+
+    fn validate(&self) -> Result<()> {
+        for protocol in &self.subprotocols {
+            let token = !protocol.is_empty()
+                && protocol
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            if !token {
+                return Err(Error::InvalidConfig(format!(
+                    "subprotocols: {protocol:?} is not a valid token"
+                )));
+            }
+        }
+        if self.max_frame_size == Some(0) {
+            return Err(Error::InvalidConfig(
+                "max_frame_size: must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What the server answered to the upgrade request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandshakeResponse {
+    /// The HTTP status (101).
+    pub status: u16,
+    /// The response headers, lower-case names.
+    pub headers: Vec<(String, String)>,
+}
+
+impl HandshakeResponse {
+    /// The first value of header `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A WebSocket client connection: Ballerina's `websocket:Client`.
+///
+/// Reads and writes are `&mut self`: a client is used from one task at a time. Split
+/// the work with a channel if you need concurrent reads and writes.
+pub struct Client {
+    inner: backend::Connection,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Connects to `url` (`ws://` or `wss://`), retrying as `config.retry` says.
+    pub async fn connect(url: &str, config: ClientConfig) -> Result<Self> {
+        config.validate()?;
+        let url = parse_url(url)?;
+        Ok(Self {
+            inner: backend::Connection::connect(url, config).await?,
+        })
+    }
+
+    /// Sends a text message.
+    pub async fn write_text(&mut self, text: &str) -> Result<()> {
+        self.inner.write(Message::Text(text.to_owned())).await
+    }
+
+    /// Sends a binary message.
+    pub async fn write_binary(&mut self, data: &[u8]) -> Result<()> {
+        self.inner.write(Message::Binary(data.to_vec())).await
+    }
+
+    /// Sends any serializable value: strings as text, byte strings as binary, [`Xml`]
+    /// as XML text, everything else as JSON text.
+    pub async fn write_message<T: serde::Serialize + ?Sized>(&mut self, value: &T) -> Result<()> {
+        let message = binding::to_message(value)?;
+        self.inner.write(message).await
+    }
+
+    /// Reads the next message, text or binary.
+    ///
+    /// # Cancel safety
+    /// Cancelling loses no message: one that arrives later is returned by the next read.
+    pub async fn read(&mut self) -> Result<Message> {
+        self.inner.read().await
+    }
+
+    /// Reads the next message, which must be text.
+    pub async fn read_text(&mut self) -> Result<String> {
+        match self.read().await? {
+            Message::Text(text) => Ok(text),
+            other => Err(Error::UnexpectedMessage {
+                expected: "text",
+                got: other.kind(),
+            }),
+        }
+    }
+
+    /// Reads the next message, which must be binary.
+    pub async fn read_binary(&mut self) -> Result<Vec<u8>> {
+        match self.read().await? {
+            Message::Binary(data) => Ok(data),
+            other => Err(Error::UnexpectedMessage {
+                expected: "binary",
+                got: other.kind(),
+            }),
+        }
+    }
+
+    /// Reads the next message and binds it to `T` (see the crate docs).
+    pub async fn read_message<T: serde::de::DeserializeOwned>(&mut self) -> Result<T> {
+        let message = self.read().await?;
+        binding::from_message(&message)
+    }
+
+    /// Sends a ping (at most 125 bytes). Native only.
+    pub async fn ping(&mut self, data: &[u8]) -> Result<()> {
+        self.inner.ping(data).await
+    }
+
+    /// Sends a pong (at most 125 bytes). Native only.
+    pub async fn pong(&mut self, data: &[u8]) -> Result<()> {
+        self.inner.pong(data).await
+    }
+
+    /// Closes with `code` and `reason` and waits up to `timeout` for the peer's close
+    /// frame (`Duration::ZERO`: as long as it takes). In the browser only 1000 and
+    /// 3000–4999 can be sent. Returns the peer's close code and reason.
+    pub async fn close(
+        &mut self,
+        code: u16,
+        reason: &str,
+        timeout: Duration,
+    ) -> Result<(u16, String)> {
+        if reason.len() > 123 {
+            return Err(Error::InvalidConfig(
+                "close reason: at most 123 bytes".into(),
+            ));
+        }
+        self.inner.close(code, reason, timeout).await
+    }
+
+    /// The subprotocol the server agreed to.
+    pub fn negotiated_subprotocol(&self) -> Option<&str> {
+        self.inner.subprotocol()
+    }
+
+    /// The server's answer to the upgrade request. Native only (a browser does not
+    /// expose it).
+    pub fn handshake_response(&self) -> Result<&HandshakeResponse> {
+        self.inner.handshake_response()
+    }
+}
+
+fn parse_url(raw: &str) -> Result<url::Url> {
+    let invalid = |reason: &str| Error::InvalidUrl {
+        url: raw.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let url = url::Url::parse(raw).map_err(|e| invalid(&e.to_string()))?;
+    if !matches!(url.scheme(), "ws" | "wss") {
+        return Err(invalid("the scheme must be ws or wss"));
+    }
+    if url.host_str().is_none() {
+        return Err(invalid("no host"));
+    }
+    if url.fragment().is_some() {
+        return Err(invalid("a WebSocket URL has no fragment"));
+    }
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_checked() {
+        assert!(parse_url("ws://127.0.0.1:9090/echo").is_ok());
+        assert!(parse_url("wss://example.com/").is_ok());
+        for bad in ["http://x/", "ws://", "ws://x/#frag", "nonsense"] {
+            assert!(
+                matches!(parse_url(bad), Err(Error::InvalidUrl { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn retry_backs_off_up_to_the_cap() {
+        let retry = RetryConfig::new(3, Duration::from_millis(100))
+            .back_off(2.0, Duration::from_millis(300));
+        assert_eq!(retry.wait(1), Duration::from_millis(100));
+        assert_eq!(retry.wait(2), Duration::from_millis(200));
+        assert_eq!(retry.wait(3), Duration::from_millis(300));
+        assert!(retry.allows(3) && !retry.allows(4));
+        assert!(RetryConfig::default().allows(u32::MAX));
+    }
+
+    #[test]
+    fn config_is_validated() {
+        assert!(
+            ClientConfig::default()
+                .subprotocols(["chat.v1"])
+                .validate()
+                .is_ok()
+        );
+        assert!(
+            ClientConfig::default()
+                .subprotocols(["a b"])
+                .validate()
+                .is_err()
+        );
+        assert!(
+            ClientConfig::default()
+                .max_frame_size(0)
+                .validate()
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,415 @@
+//! The browser backend: the page's `WebSocket` (web-sys).
+//!
+//! The browser owns the handshake, pings, frame limits and TLS; configuration the
+//! browser cannot honour is refused with [`Error::Unsupported`] at connect time.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_channel::mpsc;
+use futures_util::StreamExt;
+use futures_util::future::{Either, select};
+use wasm_bindgen::JsCast;
+use wasm_bindgen::closure::Closure;
+use web_sys::{BinaryType, CloseEvent, MessageEvent, WebSocket};
+
+use crate::{ClientConfig, Error, HandshakeResponse, Message, Result};
+
+/// A write waits while the browser holds more than this many unsent bytes.
+const HIGH_WATER_MARK: u32 = 1 << 20;
+/// How often a waiting write looks at `bufferedAmount` again.
+const DRAIN_POLL: Duration = Duration::from_millis(5);
+
+/// What the socket's event handlers report.
+enum Event {
+    Open,
+    Message(Message),
+    Closed { code: u16, reason: String },
+}
+
+/// One browser `WebSocket` with its handlers. Dropping it closes the socket and removes
+/// the handlers.
+pub(crate) struct Socket {
+    ws: WebSocket,
+    events: RefCell<mpsc::UnboundedReceiver<Event>>,
+    /// Messages that arrived while a close was awaited.
+    pending: RefCell<VecDeque<Message>>,
+    _on_open: Closure<dyn FnMut(web_sys::Event)>,
+    _on_message: Closure<dyn FnMut(MessageEvent)>,
+    _on_close: Closure<dyn FnMut(CloseEvent)>,
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        self.ws.set_onopen(None);
+        self.ws.set_onmessage(None);
+        self.ws.set_onclose(None);
+        self.ws.set_onerror(None);
+        let _ = self.ws.close();
+    }
+}
+
+impl Socket {
+    fn open(url: &url::Url, config: &ClientConfig) -> Result<Self> {
+        let protocols = js_sys::Array::new();
+        for protocol in &config.subprotocols {
+            protocols.push(&protocol.into());
+        }
+        let ws = WebSocket::new_with_str_sequence(url.as_str(), &protocols)
+            .map_err(|e| Error::Connect(describe(&e)))?;
+        ws.set_binary_type(BinaryType::Arraybuffer);
+        // The browser buffers what arrives; this channel only hands it to the reader.
+        let (sender, events) = mpsc::unbounded();
+
+        let tx = sender.clone();
+        let on_open = Closure::<dyn FnMut(web_sys::Event)>::new(move |_| {
+            let _ = tx.unbounded_send(Event::Open);
+        });
+        let tx = sender.clone();
+        let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
+            let data = event.data();
+            let message = if let Some(text) = data.as_string() {
+                Message::Text(text)
+            } else if let Ok(buffer) = data.dyn_into::<js_sys::ArrayBuffer>() {
+                Message::Binary(js_sys::Uint8Array::new(&buffer).to_vec())
+            } else {
+                return;
+            };
+            let _ = tx.unbounded_send(Event::Message(message));
+        });
+        let tx = sender;
+        let on_close = Closure::<dyn FnMut(CloseEvent)>::new(move |event: CloseEvent| {
+            let _ = tx.unbounded_send(Event::Closed {
+                code: event.code(),
+                reason: event.reason(),
+            });
+        });
+        ws.set_onopen(Some(on_open.as_ref().unchecked_ref()));
+        ws.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+        ws.set_onclose(Some(on_close.as_ref().unchecked_ref()));
+        Ok(Self {
+            ws,
+            events: RefCell::new(events),
+            pending: RefCell::new(VecDeque::new()),
+            _on_open: on_open,
+            _on_message: on_message,
+            _on_close: on_close,
+        })
+    }
+
+    async fn next_event(&self) -> Option<Event> {
+        // Only one reader at a time: the JS class and `Client` both serialise reads.
+        let mut events = self
+            .events
+            .try_borrow_mut()
+            .expect("one read at a time on a WebSocket client");
+        events.next().await
+    }
+
+    async fn opened(&self) -> Result<()> {
+        match self.next_event().await {
+            Some(Event::Open) => Ok(()),
+            Some(Event::Closed { code, reason }) => Err(Error::Connect(format!(
+                "the browser could not open the WebSocket (close {code}{})",
+                if reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {reason}")
+                }
+            ))),
+            _ => Err(Error::Connect(
+                "the browser could not open the WebSocket".into(),
+            )),
+        }
+    }
+}
+
+/// The browser connection, shared by [`crate::Client`] and the JavaScript class.
+pub(crate) struct Shared {
+    url: url::Url,
+    config: ClientConfig,
+    socket: RefCell<Rc<Socket>>,
+    closed: RefCell<Option<(u16, String)>>,
+}
+
+pub(crate) struct Connection {
+    pub(crate) shared: Rc<Shared>,
+}
+
+fn check_supported(config: &ClientConfig) -> Result<()> {
+    if !config.custom_headers.is_empty() {
+        return Err(Error::Unsupported(
+            "custom_headers (a browser WebSocket sends no custom headers)",
+        ));
+    }
+    if config.secure_socket.is_some() {
+        return Err(Error::Unsupported(
+            "secure_socket (the browser uses its own TLS settings)",
+        ));
+    }
+    if config.max_frame_size.is_some() {
+        return Err(Error::Unsupported(
+            "max_frame_size (a browser WebSocket cannot limit frames)",
+        ));
+    }
+    if config.compression == Some(false) {
+        return Err(Error::Unsupported(
+            "turning compression off (the browser negotiates it)",
+        ));
+    }
+    if !config.cookies.is_empty() {
+        return Err(Error::Unsupported("cookies (the browser sends its own)"));
+    }
+    if config.auth.is_some() {
+        return Err(Error::Unsupported(
+            "auth (a browser WebSocket cannot send Authorization)",
+        ));
+    }
+    if config.ping_pong_handler.is_some() {
+        return Err(Error::Unsupported(
+            "ping_pong_handler (the browser answers pings itself)",
+        ));
+    }
+    Ok(())
+}
+
+async fn sleep(duration: Duration) {
+    gloo_timers::future::sleep(duration).await;
+}
+
+/// Runs `future`, failing with `timeout_error` after `limit`.
+async fn with_timeout<T>(
+    limit: Option<Duration>,
+    future: impl std::future::Future<Output = Result<T>>,
+    timeout_error: fn() -> Error,
+) -> Result<T> {
+    let Some(limit) = limit else {
+        return future.await;
+    };
+    let future = std::pin::pin!(future);
+    let timer = std::pin::pin!(sleep(limit));
+    match select(future, timer).await {
+        Either::Left((result, _)) => result,
+        Either::Right(_) => Err(timeout_error()),
+    }
+}
+
+async fn open_with_retry(url: &url::Url, config: &ClientConfig) -> Result<Socket> {
+    let mut attempt = 0;
+    loop {
+        let limit = config
+            .handshake_timeout
+            .or(Some(crate::DEFAULT_HANDSHAKE_TIMEOUT));
+        let result = with_timeout(
+            limit,
+            async {
+                let socket = Socket::open(url, config)?;
+                socket.opened().await?;
+                Ok(socket)
+            },
+            || Error::HandshakeTimeout,
+        )
+        .await;
+        match (&config.retry, result) {
+            (Some(retry), Err(Error::Connect(_) | Error::HandshakeTimeout))
+                if retry.allows(attempt + 1) =>
+            {
+                attempt += 1;
+                sleep(retry.wait(attempt)).await;
+            }
+            (_, result) => return result,
+        }
+    }
+}
+
+impl Connection {
+    pub(crate) async fn connect(url: url::Url, config: ClientConfig) -> Result<Self> {
+        check_supported(&config)?;
+        let socket = open_with_retry(&url, &config).await?;
+        Ok(Self {
+            shared: Rc::new(Shared {
+                url,
+                config,
+                socket: RefCell::new(Rc::new(socket)),
+                closed: RefCell::new(None),
+            }),
+        })
+    }
+
+    pub(crate) async fn write(&mut self, message: Message) -> Result<()> {
+        self.shared.write(message).await
+    }
+
+    pub(crate) async fn read(&mut self) -> Result<Message> {
+        self.shared.read().await
+    }
+
+    pub(crate) async fn ping(&mut self, _data: &[u8]) -> Result<()> {
+        Err(Error::Unsupported("sending pings from a browser"))
+    }
+
+    pub(crate) async fn pong(&mut self, _data: &[u8]) -> Result<()> {
+        Err(Error::Unsupported("sending pongs from a browser"))
+    }
+
+    pub(crate) async fn close(
+        &mut self,
+        code: u16,
+        reason: &str,
+        timeout: Duration,
+    ) -> Result<(u16, String)> {
+        self.shared.close(code, reason, timeout).await
+    }
+
+    pub(crate) fn subprotocol(&self) -> Option<&str> {
+        self.shared.protocol_ref()
+    }
+
+    pub(crate) fn handshake_response(&self) -> Result<&HandshakeResponse> {
+        Err(Error::Unsupported(
+            "reading the upgrade response in a browser",
+        ))
+    }
+}
+
+impl Shared {
+    fn socket(&self) -> Rc<Socket> {
+        self.socket.borrow().clone()
+    }
+
+    fn closed_error(&self) -> Option<Error> {
+        self.closed
+            .borrow()
+            .as_ref()
+            .map(|(code, reason)| Error::ConnectionClosed {
+                code: *code,
+                reason: reason.clone(),
+            })
+    }
+
+    /// The agreed subprotocol; the browser reports `""` for none.
+    pub(crate) fn protocol(&self) -> Option<String> {
+        let protocol = self.socket().ws.protocol();
+        (!protocol.is_empty()).then_some(protocol)
+    }
+
+    fn protocol_ref(&self) -> Option<&str> {
+        // The configured list owns strings that outlive `self`; find the agreed one there.
+        let agreed = self.protocol()?;
+        self.config
+            .subprotocols
+            .iter()
+            .find(|p| **p == agreed)
+            .map(String::as_str)
+    }
+
+    /// Replaces a dropped connection when `retry` is configured.
+    async fn recover(&self, code: u16, reason: String) -> Result<()> {
+        if self.config.retry.is_none() || code != 1006 {
+            *self.closed.borrow_mut() = Some((code, reason.clone()));
+            return Err(Error::ConnectionClosed { code, reason });
+        }
+        let socket = open_with_retry(&self.url, &self.config).await?;
+        *self.socket.borrow_mut() = Rc::new(socket);
+        Ok(())
+    }
+
+    pub(crate) async fn write(&self, message: Message) -> Result<()> {
+        if let Some(error) = self.closed_error() {
+            return Err(error);
+        }
+        let socket = self.socket();
+        if socket.ws.ready_state() != WebSocket::OPEN {
+            self.recover(1006, "the socket is not open".into()).await?;
+            return Box::pin(self.write(message)).await;
+        }
+        // Backpressure: let the browser drain what it holds before adding more.
+        with_timeout(
+            self.config.write_timeout,
+            async {
+                while socket.ws.buffered_amount() > HIGH_WATER_MARK {
+                    sleep(DRAIN_POLL).await;
+                }
+                Ok(())
+            },
+            || Error::WriteTimeout,
+        )
+        .await?;
+        let sent = match &message {
+            Message::Text(text) => socket.ws.send_with_str(text),
+            Message::Binary(data) => socket.ws.send_with_u8_array(data),
+        };
+        sent.map_err(|e| Error::Connect(describe(&e)))
+    }
+
+    pub(crate) async fn read(&self) -> Result<Message> {
+        loop {
+            if let Some(message) = self.socket().pending.borrow_mut().pop_front() {
+                return Ok(message);
+            }
+            if let Some(error) = self.closed_error() {
+                return Err(error);
+            }
+            let socket = self.socket();
+            let event = with_timeout(
+                self.config.read_timeout,
+                async { Ok(socket.next_event().await) },
+                || Error::ReadTimeout,
+            )
+            .await?;
+            match event {
+                Some(Event::Message(message)) => return Ok(message),
+                Some(Event::Open) => {}
+                Some(Event::Closed { code, reason }) => self.recover(code, reason).await?,
+                None => self.recover(1006, String::new()).await?,
+            }
+        }
+    }
+
+    pub(crate) async fn close(
+        &self,
+        code: u16,
+        reason: &str,
+        timeout: Duration,
+    ) -> Result<(u16, String)> {
+        if code != 1000 && !(3000..=4999).contains(&code) {
+            return Err(Error::Unsupported(
+                "close codes other than 1000 and 3000-4999 in a browser",
+            ));
+        }
+        if let Some(closed) = self.closed.borrow().clone() {
+            return Ok(closed);
+        }
+        let socket = self.socket();
+        socket
+            .ws
+            .close_with_code_and_reason(code, reason)
+            .map_err(|e| Error::Connect(describe(&e)))?;
+        let wait = async {
+            loop {
+                match socket.next_event().await {
+                    Some(Event::Closed { code, reason }) => return Ok((code, reason)),
+                    Some(Event::Message(message)) => socket.pending.borrow_mut().push_back(message),
+                    Some(Event::Open) => {}
+                    None => return Ok((1006, String::new())),
+                }
+            }
+        };
+        let limit = (!timeout.is_zero()).then_some(timeout);
+        let peer = with_timeout(limit, wait, || Error::ReadTimeout)
+            .await
+            .unwrap_or((1006, String::new()));
+        *self.closed.borrow_mut() = Some(peer.clone());
+        Ok(peer)
+    }
+}
+
+fn describe(value: &wasm_bindgen::JsValue) -> String {
+    value
+        .dyn_ref::<js_sys::Error>()
+        .map(|e| String::from(e.message()))
+        .or_else(|| value.as_string())
+        .unwrap_or_else(|| format!("{value:?}"))
+}
