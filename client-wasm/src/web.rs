@@ -4,7 +4,6 @@
 //! browser cannot honour is refused with [`Error::Unsupported`] at connect time.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -34,8 +33,9 @@ enum Event {
 pub(crate) struct Socket {
     ws: WebSocket,
     events: RefCell<mpsc::UnboundedReceiver<Event>>,
-    /// Messages that arrived while a close was awaited.
-    pending: RefCell<VecDeque<Message>>,
+    /// The close event, once the browser has fired it (set by the handler, so a
+    /// closing call need not compete with a pending read for the event channel).
+    close_event: Rc<RefCell<Option<(u16, String)>>>,
     _on_open: Closure<dyn FnMut(web_sys::Event)>,
     _on_message: Closure<dyn FnMut(MessageEvent)>,
     _on_close: Closure<dyn FnMut(CloseEvent)>,
@@ -80,7 +80,10 @@ impl Socket {
             let _ = tx.unbounded_send(Event::Message(message));
         });
         let tx = sender;
+        let close_event = Rc::new(RefCell::new(None));
+        let seen = close_event.clone();
         let on_close = Closure::<dyn FnMut(CloseEvent)>::new(move |event: CloseEvent| {
+            *seen.borrow_mut() = Some((event.code(), event.reason()));
             let _ = tx.unbounded_send(Event::Closed {
                 code: event.code(),
                 reason: event.reason(),
@@ -92,24 +95,26 @@ impl Socket {
         Ok(Self {
             ws,
             events: RefCell::new(events),
-            pending: RefCell::new(VecDeque::new()),
+            close_event,
             _on_open: on_open,
             _on_message: on_message,
             _on_close: on_close,
         })
     }
 
-    async fn next_event(&self) -> Option<Event> {
-        // Only one reader at a time: the JS class and `Client` both serialise reads.
-        let mut events = self
-            .events
-            .try_borrow_mut()
-            .expect("one read at a time on a WebSocket client");
-        events.next().await
+    #[expect(
+        clippy::await_holding_refcell_ref,
+        reason = "the borrow is the reader's lock: a second reader gets an error, not a panic"
+    )]
+    async fn next_event(&self) -> Result<Option<Event>> {
+        let Ok(mut events) = self.events.try_borrow_mut() else {
+            return Err(Error::Unsupported("a second read while one is pending"));
+        };
+        Ok(events.next().await)
     }
 
     async fn opened(&self) -> Result<()> {
-        match self.next_event().await {
+        match self.next_event().await? {
             Some(Event::Open) => Ok(()),
             Some(Event::Closed { code, reason }) => Err(Error::Connect(format!(
                 "the browser could not open the WebSocket (close {code}{})",
@@ -346,16 +351,13 @@ impl Shared {
 
     pub(crate) async fn read(&self) -> Result<Message> {
         loop {
-            if let Some(message) = self.socket().pending.borrow_mut().pop_front() {
-                return Ok(message);
-            }
             if let Some(error) = self.closed_error() {
                 return Err(error);
             }
             let socket = self.socket();
             let event = with_timeout(
                 self.config.read_timeout,
-                async { Ok(socket.next_event().await) },
+                socket.next_event(),
                 || Error::ReadTimeout,
             )
             .await?;
@@ -387,14 +389,14 @@ impl Shared {
             .ws
             .close_with_code_and_reason(code, reason)
             .map_err(|e| Error::Connect(describe(&e)))?;
+        // Messages still in flight stay queued for the reader; only the close event
+        // is awaited here.
         let wait = async {
             loop {
-                match socket.next_event().await {
-                    Some(Event::Closed { code, reason }) => return Ok((code, reason)),
-                    Some(Event::Message(message)) => socket.pending.borrow_mut().push_back(message),
-                    Some(Event::Open) => {}
-                    None => return Ok((1006, String::new())),
+                if let Some(event) = socket.close_event.borrow().clone() {
+                    return Ok(event);
                 }
+                sleep(DRAIN_POLL).await;
             }
         };
         let limit = (!timeout.is_zero()).then_some(timeout);

@@ -74,7 +74,6 @@ pub(crate) fn close_code_of(error: &WebSocketError) -> u16 {
     match error {
         WebSocketError::FrameTooLarge => 1009,
         WebSocketError::InvalidUTF8 => 1007,
-        WebSocketError::InvalidOpCode(_) => 1003,
         WebSocketError::ConnectionClosed => 1006,
         error if error.is_io_error() => 1006,
         error if error.is_protocol_error() => 1002,

@@ -388,8 +388,10 @@ where
         let code = match err {
             WebSocketError::FrameTooLarge => CloseCode::Size,
             WebSocketError::InvalidUTF8 => CloseCode::Invalid,
-            WebSocketError::InvalidOpCode(_) => CloseCode::Unsupported,
-            WebSocketError::ReservedBitsNotZero
+            // A reserved opcode is a protocol error (RFC 6455 §5.2, §7.4.1), not
+            // "unsupported data" (1003, which is about message content).
+            WebSocketError::InvalidOpCode(_)
+            | WebSocketError::ReservedBitsNotZero
             | WebSocketError::ControlFrameFragmented
             | WebSocketError::PingFrameTooLarge
             | WebSocketError::InvalidFragment

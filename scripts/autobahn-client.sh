@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The native client against the Autobahn TestSuite (fuzzingserver mode).
+#   scripts/autobahn-client.sh          all cases except the compression ones (12.*, 13.*)
+#   scripts/autobahn-client.sh --full   every case
+# Needs ../shared/autobahn (the kit) next to the repository. Fails unless every case is
+# OK or INFORMATIONAL (NON-STRICT allowed; see docs/conformance.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup.sh
+
+kit="${AUTOBAHN_KIT:-$(cd .. && pwd)/shared/autobahn}"
+[ -d "$kit" ] || { echo "error: the Autobahn kit is not at $kit (set AUTOBAHN_KIT)" >&2; exit 1; }
+dir="${AUTOBAHN_DIR:-$HOME/.cache/autobahn}"
+"$kit/install.sh" "$dir" >/dev/null
+
+work=$(mktemp -d)
+trap 'kill "$wstest_pid" 2>/dev/null || true; rm -rf "$work"' EXIT
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+exclude='["12.*", "13.*"]'
+[ "${1:-}" = "--full" ] && exclude='[]'
+cat > "$work/spec.json" <<JSON
+{"url": "ws://127.0.0.1:$port", "outdir": "$work/reports/clients", "cases": ["*"], "exclude-cases": $exclude}
+JSON
+
+cargo build --release -p wasmsocket-client --example autobahn
+(cd "$work" && exec "$dir/venv27/bin/python" "$kit/wstest_local.py" -m fuzzingserver -s spec.json -u 0 > wstest.log 2>&1) &
+wstest_pid=$!
+for _ in $(seq 100); do
+    (echo > "/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+    sleep 0.2
+done
+"$CARGO_TARGET_DIR/release/examples/autobahn" "ws://127.0.0.1:$port" wasmsocket-client
+python3 "$kit/check_results.py" "$work/reports/clients/index.json" --allow-nonstrict
