@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything and runs the host serving the example services of wasmsocket.toml
-# (ws://127.0.0.1:9090/echo). Stop it with Ctrl-C.
+# (ws://127.0.0.1:9090/echo) and the browser front end (http://127.0.0.1:9090/).
+# Stop it with Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/setup.sh
@@ -16,5 +17,7 @@ for dir in guest/examples/*/; do
     cp "$CARGO_TARGET_DIR/wasm32-wasip2/release/${name//-/_}.wasm" components/
 done
 
+scripts/build-www.sh
 cargo build --release -p wasmsocket-host
+echo "wasmsocket: open http://127.0.0.1:9090/ in a browser"
 exec "$CARGO_TARGET_DIR/release/wasmsocket" serve --config wasmsocket.toml "$@"

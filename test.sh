@@ -1,10 +1,24 @@
 #!/usr/bin/env bash
-# Sets up everything and runs every test: unit tests, the command-line tests, and the
-# end-to-end tests that start the real host binary with real guest components.
+# Sets up everything and runs every test: formatting and lints, unit tests, the
+# end-to-end tests that start the real host binary with real guest components, the
+# client's behaviour tests natively and in headless Chromium, the www/ front end in
+# Chromium (Playwright), and the native client against the Autobahn TestSuite.
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/setup.sh
+source scripts/setup-browser.sh
 
+echo "== format and lints"
 cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets -- -D warnings
+WASMSOCKET_TEST_URL=ws://unused cargo clippy --release -p wasmsocket-client \
+    --target wasm32-unknown-unknown --all-targets -- -D warnings
+
+echo "== native tests"
 cargo test --release --workspace
+
+echo "== browser tests"
+scripts/browser-tests.sh
+
+echo "== Autobahn: native client (all cases but 12.*, 13.*)"
+scripts/autobahn-client.sh

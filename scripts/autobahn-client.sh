@@ -8,8 +8,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 
-kit="${AUTOBAHN_KIT:-$(cd .. && pwd)/shared/autobahn}"
-[ -d "$kit" ] || { echo "error: the Autobahn kit is not at $kit (set AUTOBAHN_KIT)" >&2; exit 1; }
+kit="${AUTOBAHN_KIT:-}"
+for candidate in "$(cd .. && pwd)/shared/autobahn" /work/shared/autobahn; do
+    [ -z "$kit" ] && [ -x "$candidate/install.sh" ] && kit="$candidate"
+done
+[ -n "$kit" ] || { echo "error: the Autobahn kit (shared/autobahn) was not found; set AUTOBAHN_KIT" >&2; exit 1; }
 dir="${AUTOBAHN_DIR:-$HOME/.cache/autobahn}"
 "$kit/install.sh" "$dir" >/dev/null
 

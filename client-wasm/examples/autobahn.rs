@@ -4,10 +4,20 @@
 //! Run with `scripts/autobahn-client.sh` (it starts wstest), or by hand:
 //! `cargo run --release -p wasmsocket-client --example autobahn -- ws://127.0.0.1:9001 wasmsocket`
 
+#![cfg_attr(
+    target_arch = "wasm32",
+    allow(unused_imports, reason = "native-only example")
+)]
+
 use std::time::Duration;
 
 use wasmsocket_client::{Client, ClientConfig, Message};
 
+/// The suite drives a native client; in a browser build this example is empty.
+#[cfg(target_arch = "wasm32")]
+fn main() {}
+
+#[cfg(not(target_arch = "wasm32"))]
 fn config() -> ClientConfig {
     // Autobahn's limits (9.*: 16 MiB messages, frames as large) are this example's
     // configuration, not the client's defaults.
@@ -16,6 +26,7 @@ fn config() -> ClientConfig {
         .handshake_timeout(Duration::from_secs(30))
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -48,7 +59,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
 
-    let mut report = Client::connect(&format!("{base}/updateReports?agent={agent}"), config()).await?;
+    let mut report =
+        Client::connect(&format!("{base}/updateReports?agent={agent}"), config()).await?;
     while report.read().await.is_ok() {}
     println!("reports updated");
     Ok(())

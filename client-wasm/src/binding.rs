@@ -11,19 +11,23 @@ use crate::{Error, Message, Result};
 /// The serde name that marks an [`Xml`] value; both directions look for it.
 const XML: &str = "$wasmsocket::Xml";
 
+#[cfg(feature = "xml")]
 /// A value carried as XML text (quick-xml's serde mapping): Ballerina's `xml` type.
 ///
 /// `client.write_message(&Xml(order))` sends `<Order>…</Order>` as a text frame;
 /// `let Xml(order): Xml<Order> = client.read_message().await?` parses one.
+#[cfg(feature = "xml")]
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Xml<T>(pub T);
 
+#[cfg(feature = "xml")]
 impl<T: Serialize> Serialize for Xml<T> {
     fn serialize<S: ser::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_newtype_struct(XML, &self.0)
     }
 }
 
+#[cfg(feature = "xml")]
 impl<'de, T: de::Deserialize<'de>> de::Deserialize<'de> for Xml<T> {
     fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct XmlVisitor<T>(std::marker::PhantomData<T>);
@@ -164,12 +168,14 @@ impl ser::Serializer for Probe {
         value: &T,
     ) -> Result<Message, Probed> {
         if name == XML {
-            quick_xml::se::to_string(value)
+            #[cfg(feature = "xml")]
+            return quick_xml::se::to_string(value)
                 .map(Message::Text)
-                .map_err(|e| Probed::Failed(format!("XML: {e}")))
-        } else {
-            value.serialize(self)
+                .map_err(|e| Probed::Failed(format!("XML: {e}")));
+            #[cfg(not(feature = "xml"))]
+            return Err(Probed::Failed("XML binding needs the `xml` feature".into()));
         }
+        value.serialize(self)
     }
 
     fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<Message, Probed> {
@@ -290,13 +296,17 @@ impl<'de> de::Deserializer<'de> for Payload<'de> {
         visitor: V,
     ) -> Result<V::Value, BindError> {
         if name == XML {
-            let mut xml = quick_xml::de::Deserializer::from_str(self.text()?);
-            visitor
-                .visit_newtype_struct(&mut xml)
-                .map_err(|e| bind_error(format!("XML: {e}")))
-        } else {
-            visitor.visit_newtype_struct(self)
+            #[cfg(feature = "xml")]
+            {
+                let mut xml = quick_xml::de::Deserializer::from_str(self.text()?);
+                return visitor
+                    .visit_newtype_struct(&mut xml)
+                    .map_err(|e| bind_error(format!("XML: {e}")));
+            }
+            #[cfg(not(feature = "xml"))]
+            return Err(BindError("XML binding needs the `xml` feature".into()));
         }
+        visitor.visit_newtype_struct(self)
     }
 
     json! {
@@ -398,6 +408,7 @@ mod tests {
         assert!(matches!(error, Error::Binding(_)));
     }
 
+    #[cfg(feature = "xml")]
     #[test]
     fn xml_round_trips() {
         let message = to_message(&Xml(Point { x: 5, y: 6 })).unwrap();
@@ -412,6 +423,7 @@ mod tests {
             let error = from_message::<Point>(&text(bad)).unwrap_err();
             assert!(matches!(error, Error::Binding(_)), "{bad}");
         }
+        #[cfg(feature = "xml")]
         assert!(from_message::<Xml<Point>>(&text("<Point><x>a</x></Point>")).is_err());
     }
 }

@@ -44,6 +44,8 @@
 use std::time::Duration;
 
 mod binding;
+#[cfg(feature = "xml")]
+#[cfg_attr(docsrs, doc(cfg(feature = "xml")))]
 pub use binding::Xml;
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -545,22 +547,92 @@ impl Client {
     }
 }
 
-fn parse_url(raw: &str) -> Result<url::Url> {
+/// A parsed `ws://` or `wss://` URL: what the backends need, without a URL crate
+/// (whose Unicode tables would triple the browser build).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct WsUrl {
+    /// The URL as given.
+    raw: String,
+    /// `wss`.
+    secure: bool,
+    /// The host as written (IPv6 in brackets), for the `Host` header.
+    authority: String,
+    /// The host to connect to (IPv6 without brackets).
+    host: String,
+    /// The port, explicit or the scheme's default.
+    port: u16,
+    /// Path and query, at least `/`.
+    target: String,
+}
+
+impl WsUrl {
+    #[cfg_attr(
+        not(target_arch = "wasm32"),
+        expect(dead_code, reason = "the browser backend's")
+    )]
+    pub(crate) fn as_str(&self) -> &str {
+        &self.raw
+    }
+}
+
+fn parse_url(raw: &str) -> Result<WsUrl> {
     let invalid = |reason: &str| Error::InvalidUrl {
         url: raw.to_owned(),
         reason: reason.to_owned(),
     };
-    let url = url::Url::parse(raw).map_err(|e| invalid(&e.to_string()))?;
-    if !matches!(url.scheme(), "ws" | "wss") {
-        return Err(invalid("the scheme must be ws or wss"));
-    }
-    if url.host_str().is_none() {
-        return Err(invalid("no host"));
-    }
-    if url.fragment().is_some() {
+    let (scheme, rest) = raw.split_once("://").ok_or_else(|| invalid("no scheme"))?;
+    let secure = match scheme.to_ascii_lowercase().as_str() {
+        "ws" => false,
+        "wss" => true,
+        _ => return Err(invalid("the scheme must be ws or wss")),
+    };
+    if rest.contains('#') {
         return Err(invalid("a WebSocket URL has no fragment"));
     }
-    Ok(url)
+    if rest.contains(|c: char| c.is_ascii_whitespace() || c.is_ascii_control()) {
+        return Err(invalid(
+            "spaces and control characters must be percent-encoded",
+        ));
+    }
+    let split = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, target) = rest.split_at(split);
+    if authority.contains('@') {
+        return Err(invalid(
+            "credentials in the URL are not supported; use `auth`",
+        ));
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (host, after) = v6
+            .split_once(']')
+            .ok_or_else(|| invalid("unclosed IPv6 bracket"))?;
+        (host, after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(invalid("no host"));
+    }
+    let port = match port {
+        Some(port) => port.parse().map_err(|_| invalid("bad port"))?,
+        None if secure => 443,
+        None => 80,
+    };
+    let target = if target.starts_with('/') {
+        target.to_owned()
+    } else {
+        format!("/{target}")
+    };
+    Ok(WsUrl {
+        raw: raw.to_owned(),
+        secure,
+        authority: authority.to_owned(),
+        host: host.to_owned(),
+        port,
+        target,
+    })
 }
 
 #[cfg(test)]
@@ -569,9 +641,31 @@ mod tests {
 
     #[test]
     fn urls_are_checked() {
-        assert!(parse_url("ws://127.0.0.1:9090/echo").is_ok());
-        assert!(parse_url("wss://example.com/").is_ok());
-        for bad in ["http://x/", "ws://", "ws://x/#frag", "nonsense"] {
+        let url = parse_url("ws://127.0.0.1:9090/echo?room=1").unwrap();
+        assert_eq!(
+            (url.host.as_str(), url.port, url.target.as_str()),
+            ("127.0.0.1", 9090, "/echo?room=1")
+        );
+        assert_eq!(url.authority, "127.0.0.1:9090");
+        let url = parse_url("wss://example.com").unwrap();
+        assert_eq!(
+            (url.secure, url.port, url.target.as_str()),
+            (true, 443, "/")
+        );
+        let url = parse_url("ws://[::1]:8080?x").unwrap();
+        assert_eq!(
+            (url.host.as_str(), url.port, url.target.as_str()),
+            ("::1", 8080, "/?x")
+        );
+        for bad in [
+            "http://x/",
+            "ws://",
+            "ws://x/#frag",
+            "nonsense",
+            "ws://x:99999/",
+            "ws://u:p@x/",
+            "ws://x/a b",
+        ] {
             assert!(
                 matches!(parse_url(bad), Err(Error::InvalidUrl { .. })),
                 "{bad}"

@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use yawc::{Frame, OpCode};
 
-use crate::{ClientAuth, ClientConfig, Error, HandshakeResponse, Message, Result};
+use crate::{ClientAuth, ClientConfig, Error, HandshakeResponse, Message, Result, WsUrl};
 
 /// Largest response head accepted from a server.
 const MAX_RESPONSE_HEAD: usize = 16 * 1024;
@@ -24,7 +24,7 @@ type Socket = yawc::WebSocket<Rewind<TcpStream>>;
 
 pub(crate) struct Connection {
     ws: Socket,
-    url: url::Url,
+    url: WsUrl,
     config: ClientConfig,
     response: HandshakeResponse,
     subprotocol: Option<String>,
@@ -33,7 +33,7 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    pub(crate) async fn connect(url: url::Url, config: ClientConfig) -> Result<Self> {
+    pub(crate) async fn connect(url: WsUrl, config: ClientConfig) -> Result<Self> {
         let (ws, response, subprotocol) = open_with_retry(&url, &config).await?;
         Ok(Self {
             ws,
@@ -145,11 +145,11 @@ impl Connection {
                 }
                 OpCode::Binary => return Ok(Message::Binary(frame.payload().to_vec())),
                 OpCode::Ping => {
-                    if let Some(handler) = &self.config.ping_pong_handler {
-                        if let Some(pong) = handler.on_ping(frame.payload()) {
-                            let handler_pong = Frame::pong(Bytes::from(pong));
-                            self.send(handler_pong).await?;
-                        }
+                    if let Some(handler) = &self.config.ping_pong_handler
+                        && let Some(pong) = handler.on_ping(frame.payload())
+                    {
+                        let handler_pong = Frame::pong(Bytes::from(pong));
+                        self.send(handler_pong).await?;
                     }
                 }
                 OpCode::Pong => {
@@ -235,7 +235,7 @@ impl Connection {
 }
 
 async fn open_with_retry(
-    url: &url::Url,
+    url: &WsUrl,
     config: &ClientConfig,
 ) -> Result<(Socket, HandshakeResponse, Option<String>)> {
     let mut attempt = 0;
@@ -265,14 +265,13 @@ async fn open_with_retry(
 }
 
 async fn open(
-    url: &url::Url,
+    url: &WsUrl,
     config: &ClientConfig,
 ) -> Result<(Socket, HandshakeResponse, Option<String>)> {
-    if url.scheme() == "wss" {
+    if url.secure {
         return Err(Error::Unsupported("wss:// (TLS) in the native client"));
     }
-    let host = url.host_str().unwrap_or_default();
-    let port = url.port_or_known_default().unwrap_or(80);
+    let (host, port) = (url.host.as_str(), url.port);
     let mut stream = TcpStream::connect((host, port))
         .await
         .map_err(|e| Error::Connect(format!("{host}:{port}: {e}")))?;
@@ -309,12 +308,12 @@ async fn open(
         return Err(Error::Protocol("wrong Sec-WebSocket-Accept".into()));
     }
     let subprotocol = header("sec-websocket-protocol").map(str::to_owned);
-    if let Some(chosen) = &subprotocol {
-        if !config.subprotocols.iter().any(|p| p == chosen) {
-            return Err(Error::Protocol(format!(
-                "server chose subprotocol {chosen:?}, which was not offered"
-            )));
-        }
+    if let Some(chosen) = &subprotocol
+        && !config.subprotocols.iter().any(|p| p == chosen)
+    {
+        return Err(Error::Protocol(format!(
+            "server chose subprotocol {chosen:?}, which was not offered"
+        )));
     }
     let extensions = header("sec-websocket-extensions").map(str::to_owned);
     if let Some(agreed) = &extensions {
@@ -351,20 +350,12 @@ async fn open(
 }
 
 fn upgrade_request(
-    url: &url::Url,
+    url: &WsUrl,
     config: &ClientConfig,
     key: &str,
     compression: bool,
 ) -> Result<String> {
-    let mut target = url.path().to_owned();
-    if let Some(query) = url.query() {
-        target.push('?');
-        target.push_str(query);
-    }
-    let host = match url.port() {
-        Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
-        None => url.host_str().unwrap_or_default().to_owned(),
-    };
+    let (target, host) = (&url.target, &url.authority);
     let mut request = format!(
         "GET {target} HTTP/1.1\r\nhost: {host}\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\
          sec-websocket-key: {key}\r\nsec-websocket-version: 13\r\n"
@@ -526,7 +517,7 @@ mod tests {
 
     #[test]
     fn upgrade_request_carries_the_configuration() {
-        let url = url::Url::parse("ws://example.com:9090/chat?room=1").unwrap();
+        let url = crate::parse_url("ws://example.com:9090/chat?room=1").unwrap();
         let config = ClientConfig::default()
             .subprotocols(["a", "b"])
             .header("x-app", "demo")

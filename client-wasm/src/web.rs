@@ -14,7 +14,7 @@ use wasm_bindgen::JsCast;
 use wasm_bindgen::closure::Closure;
 use web_sys::{BinaryType, CloseEvent, MessageEvent, WebSocket};
 
-use crate::{ClientConfig, Error, HandshakeResponse, Message, Result};
+use crate::{ClientConfig, Error, HandshakeResponse, Message, Result, WsUrl};
 
 /// A write waits while the browser holds more than this many unsent bytes.
 const HIGH_WATER_MARK: u32 = 1 << 20;
@@ -52,7 +52,7 @@ impl Drop for Socket {
 }
 
 impl Socket {
-    fn open(url: &url::Url, config: &ClientConfig) -> Result<Self> {
+    fn open(url: &WsUrl, config: &ClientConfig) -> Result<Self> {
         let protocols = js_sys::Array::new();
         for protocol in &config.subprotocols {
             protocols.push(&protocol.into());
@@ -133,7 +133,7 @@ impl Socket {
 
 /// The browser connection, shared by [`crate::Client`] and the JavaScript class.
 pub(crate) struct Shared {
-    url: url::Url,
+    url: WsUrl,
     config: ClientConfig,
     socket: RefCell<Rc<Socket>>,
     closed: RefCell<Option<(u16, String)>>,
@@ -201,7 +201,7 @@ async fn with_timeout<T>(
     }
 }
 
-async fn open_with_retry(url: &url::Url, config: &ClientConfig) -> Result<Socket> {
+async fn open_with_retry(url: &WsUrl, config: &ClientConfig) -> Result<Socket> {
     let mut attempt = 0;
     loop {
         let limit = config
@@ -230,7 +230,7 @@ async fn open_with_retry(url: &url::Url, config: &ClientConfig) -> Result<Socket
 }
 
 impl Connection {
-    pub(crate) async fn connect(url: url::Url, config: ClientConfig) -> Result<Self> {
+    pub(crate) async fn connect(url: WsUrl, config: ClientConfig) -> Result<Self> {
         check_supported(&config)?;
         let socket = open_with_retry(&url, &config).await?;
         Ok(Self {
@@ -355,11 +355,9 @@ impl Shared {
                 return Err(error);
             }
             let socket = self.socket();
-            let event = with_timeout(
-                self.config.read_timeout,
-                socket.next_event(),
-                || Error::ReadTimeout,
-            )
+            let event = with_timeout(self.config.read_timeout, socket.next_event(), || {
+                Error::ReadTimeout
+            })
             .await?;
             match event {
                 Some(Event::Message(message)) => return Ok(message),

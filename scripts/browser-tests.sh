@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The browser half of the tests: builds www/, starts the real host (echo, faulty and the
+# front end), runs the client's behaviour tests in headless Chromium
+# (wasm-bindgen-test), then drives www/ with Playwright. Expects `cargo test --release
+# --workspace` to have built the host and the components (test.sh runs it first).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup.sh
+source scripts/setup-browser.sh
+
+scripts/build-www.sh
+
+components="$CARGO_TARGET_DIR/wasm-components/wasm32-wasip2/release"
+work=$(mktemp -d)
+cat > "$work/wasmsocket.toml" <<TOML
+[listener]
+host = "127.0.0.1"
+port = 0
+
+[static_files]
+dir = "$PWD/www"
+
+[[service]]
+path = "/echo"
+component = "$components/echo.wasm"
+
+[[service]]
+path = "/faulty"
+component = "$components/faulty.wasm"
+TOML
+"$CARGO_TARGET_DIR/release/wasmsocket" serve --config "$work/wasmsocket.toml" > "$work/host.out" 2> "$work/host.err" &
+host_pid=$!
+trap 'kill "$host_pid" 2>/dev/null || true; rm -rf "$work"' EXIT
+for _ in $(seq 100); do
+    grep -q "listening on" "$work/host.out" 2>/dev/null && break
+    sleep 0.1
+done
+addr=$(sed -n 's/^wasmsocket listening on //p' "$work/host.out")
+[ -n "$addr" ] || { cat "$work/host.err" >&2; echo "error: the host did not start" >&2; exit 1; }
+
+echo "== client behaviour tests in headless Chromium (host at $addr)"
+WASMSOCKET_TEST_URL="ws://$addr" \
+CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
+    cargo test --release -p wasmsocket-client --target wasm32-unknown-unknown --test behaviour
+
+echo "== www/ end to end with Playwright"
+WASMSOCKET_NPM="$WASMSOCKET_NPM" node tests/browser/www.test.mjs "http://$addr/"
