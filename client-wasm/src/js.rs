@@ -5,7 +5,6 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use js_sys::{Promise, Uint8Array};
-use serde::Deserialize;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
@@ -32,8 +31,8 @@ export interface WsClientOptions {
 export interface CloseInfo { code: number; reason: string }
 "#;
 
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+/// `WsClientOptions`, read field by field (a serde bridge would double the bundle).
+#[derive(Default)]
 struct Options {
     subprotocols: Vec<String>,
     read_timeout_ms: Option<u32>,
@@ -42,13 +41,67 @@ struct Options {
     retry: Option<RetryOptions>,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+#[derive(Default)]
 struct RetryOptions {
     max_count: u32,
     interval_ms: Option<u32>,
     back_off_factor: Option<f64>,
     max_wait_interval_ms: Option<u32>,
+}
+
+fn field(object: &JsValue, name: &str) -> Result<Option<JsValue>, Error> {
+    let value = js_sys::Reflect::get(object, &name.into())
+        .map_err(|_| Error::InvalidConfig(format!("{name}: cannot be read")))?;
+    Ok((!value.is_undefined() && !value.is_null()).then_some(value))
+}
+
+fn number(object: &JsValue, name: &str) -> Result<Option<f64>, Error> {
+    match field(object, name)? {
+        None => Ok(None),
+        Some(value) => match value.as_f64() {
+            Some(n) if n.is_finite() && n >= 0.0 => Ok(Some(n)),
+            _ => Err(Error::InvalidConfig(format!("{name}: must be a number, 0 or more"))),
+        },
+    }
+}
+
+fn millis_field(object: &JsValue, name: &str) -> Result<Option<u32>, Error> {
+    Ok(number(object, name)?.map(|n| n.min(f64::from(u32::MAX)) as u32))
+}
+
+impl Options {
+    fn from_js(value: &JsValue) -> Result<Self, Error> {
+        if value.is_undefined() || value.is_null() {
+            return Ok(Self::default());
+        }
+        if !value.is_object() {
+            return Err(Error::InvalidConfig("options: must be an object".into()));
+        }
+        let subprotocols = match field(value, "subprotocols")? {
+            None => Vec::new(),
+            Some(list) if js_sys::Array::is_array(&list) => js_sys::Array::from(&list)
+                .iter()
+                .map(|p| p.as_string().ok_or_else(|| Error::InvalidConfig("subprotocols: must be strings".into())))
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err(Error::InvalidConfig("subprotocols: must be an array".into())),
+        };
+        let retry = match field(value, "retry")? {
+            None => None,
+            Some(retry) => Some(RetryOptions {
+                max_count: millis_field(&retry, "maxCount")?.unwrap_or(0),
+                interval_ms: millis_field(&retry, "intervalMs")?,
+                back_off_factor: number(&retry, "backOffFactor")?,
+                max_wait_interval_ms: millis_field(&retry, "maxWaitIntervalMs")?,
+            }),
+        };
+        Ok(Self {
+            subprotocols,
+            read_timeout_ms: millis_field(value, "readTimeoutMs")?,
+            write_timeout_ms: millis_field(value, "writeTimeoutMs")?,
+            handshake_timeout_ms: millis_field(value, "handshakeTimeoutMs")?,
+            retry,
+        })
+    }
 }
 
 fn millis(ms: u32) -> Duration {
@@ -126,12 +179,7 @@ impl JsClient {
         #[wasm_bindgen(unchecked_param_type = "WsClientOptions | undefined")] options: JsValue,
     ) -> Promise {
         future_to_promise(async move {
-            let options: Options = if options.is_undefined() || options.is_null() {
-                Options::default()
-            } else {
-                serde_wasm_bindgen::from_value(options)
-                    .map_err(|e| to_js(Error::InvalidConfig(e.to_string())))?
-            };
+            let options = Options::from_js(&options).map_err(to_js)?;
             let client = crate::Client::connect(&url, options.into_config())
                 .await
                 .map_err(to_js)?;

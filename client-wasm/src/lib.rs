@@ -69,7 +69,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum Error {
     /// The URL is not a valid `ws://` or `wss://` URL. Fix the URL.
-    #[error("invalid WebSocket URL {url:?}: {reason}")]
+    #[error("invalid WebSocket URL \"{url}\": {reason}")]
     InvalidUrl {
         /// The URL given.
         url: String,
@@ -399,7 +399,7 @@ impl ClientConfig {
                     .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
             if !token {
                 return Err(Error::InvalidConfig(format!(
-                    "subprotocols: {protocol:?} is not a valid token"
+                    "subprotocols: \"{protocol}\" is not a valid token"
                 )));
             }
         }

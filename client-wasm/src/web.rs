@@ -411,5 +411,5 @@ fn describe(value: &wasm_bindgen::JsValue) -> String {
         .dyn_ref::<js_sys::Error>()
         .map(|e| String::from(e.message()))
         .or_else(|| value.as_string())
-        .unwrap_or_else(|| format!("{value:?}"))
+        .unwrap_or_else(|| "the browser reported an error".to_owned())
 }
