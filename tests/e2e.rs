@@ -2,6 +2,8 @@
 //! independent client (tokio-tungstenite) and by raw sockets where a client library
 //! would refuse to misbehave.
 
+use std::time::Duration;
+
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -453,4 +455,55 @@ async fn static_files() {
     let plain = raw_request(&host, &get("/echo")).await;
     assert_eq!(status_of(&plain), 426, "{plain}");
     std::fs::remove_dir_all(&www).unwrap();
+}
+
+#[tokio::test]
+async fn graceful_stop_sends_going_away() {
+    let mut host = Host::start(&format!(
+        "[listener]\nhost = \"127.0.0.1\"\nport = 0\ngrace_period = 5\n\n\
+         [[service]]\npath = \"/echo\"\ncomponent = {:?}\n",
+        components::ECHO
+    ));
+    let mut first = connect(&host.url("/echo")).await;
+    let mut second = connect(&host.url("/echo")).await;
+    first.send(Message::text("before")).await.unwrap();
+    assert_eq!(next(&mut first).await, Message::text("before"));
+
+    host.terminate();
+    // Every open connection gets 1001 Going Away; answering it completes the handshake.
+    for client in [&mut first, &mut second] {
+        let (code, reason) = expect_close(client).await;
+        assert_eq!(code, 1001);
+        assert_eq!(reason, "server shutting down");
+        // tokio-tungstenite sends its queued close reply on the next flush.
+        let _ = client.flush().await;
+    }
+    // Both answered, so the host exits well before its 5 s grace period.
+    let status = tokio::task::spawn_blocking(move || {
+        let status = host.wait_exit(Duration::from_secs(4));
+        (status, host)
+    })
+    .await
+    .unwrap()
+    .0
+    .expect("host exited within the grace period");
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test]
+async fn graceful_stop_ends_after_the_grace_period() {
+    let mut host = Host::start(&format!(
+        "[listener]\nhost = \"127.0.0.1\"\nport = 0\ngrace_period = 0.5\n\n\
+         [[service]]\npath = \"/echo\"\ncomponent = {:?}\n",
+        components::ECHO
+    ));
+    // A peer that never answers the close frame.
+    let (_silent, head) = raw_upgrade(&host, "/echo", "", b"").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    host.terminate();
+    let status = tokio::task::spawn_blocking(move || host.wait_exit(Duration::from_secs(5)))
+        .await
+        .unwrap()
+        .expect("host exited after its grace period");
+    assert!(status.success(), "{status}");
 }

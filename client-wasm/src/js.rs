@@ -60,7 +60,9 @@ fn number(object: &JsValue, name: &str) -> Result<Option<f64>, Error> {
         None => Ok(None),
         Some(value) => match value.as_f64() {
             Some(n) if n.is_finite() && n >= 0.0 => Ok(Some(n)),
-            _ => Err(Error::InvalidConfig(format!("{name}: must be a number, 0 or more"))),
+            _ => Err(Error::InvalidConfig(format!(
+                "{name}: must be a number, 0 or more"
+            ))),
         },
     }
 }
@@ -81,9 +83,16 @@ impl Options {
             None => Vec::new(),
             Some(list) if js_sys::Array::is_array(&list) => js_sys::Array::from(&list)
                 .iter()
-                .map(|p| p.as_string().ok_or_else(|| Error::InvalidConfig("subprotocols: must be strings".into())))
+                .map(|p| {
+                    p.as_string()
+                        .ok_or_else(|| Error::InvalidConfig("subprotocols: must be strings".into()))
+                })
                 .collect::<Result<_, _>>()?,
-            Some(_) => return Err(Error::InvalidConfig("subprotocols: must be an array".into())),
+            Some(_) => {
+                return Err(Error::InvalidConfig(
+                    "subprotocols: must be an array".into(),
+                ));
+            }
         };
         let retry = match field(value, "retry")? {
             None => None,

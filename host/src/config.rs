@@ -66,6 +66,14 @@ pub struct ListenerConfig {
     /// Size limits on the upgrade request.
     #[serde(default)]
     pub request_limits: RequestLimits,
+    /// Seconds a graceful stop (SIGTERM, SIGINT) waits for connections to finish
+    /// their close handshakes after sending them 1001 Going Away. Default 10.
+    #[serde(default = "default_grace_period")]
+    pub grace_period: f64,
+}
+
+fn default_grace_period() -> f64 {
+    10.0
 }
 
 /// Ballerina's `RequestLimitConfigs`: limits on the upgrade request.
@@ -221,6 +229,7 @@ impl Config {
     fn validate(&self) -> std::result::Result<(), String> {
         let listener = &self.listener;
         seconds("listener.timeout", listener.timeout)?;
+        seconds("listener.grace_period", listener.grace_period)?;
         if let Some(server) = &listener.server
             && !server
                 .bytes()
@@ -295,6 +304,11 @@ impl ListenerConfig {
     /// The socket address to bind.
     pub fn address(&self) -> SocketAddr {
         SocketAddr::new(self.host, self.port)
+    }
+
+    /// How long a graceful stop waits for close handshakes.
+    pub fn grace_period(&self) -> Duration {
+        Duration::from_secs_f64(self.grace_period)
     }
 
     /// How long the upgrade request may take to arrive, `None` for no limit.

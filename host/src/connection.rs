@@ -195,6 +195,7 @@ where
         callbacks,
         idle_timeout: service.config.idle_timeout(),
         poisoned: false,
+        shutdown: shared.shutdown.signal(),
     };
     connection.run().await;
     debug!("connection closed");
@@ -285,6 +286,7 @@ struct Connection<S> {
     idle_timeout: Option<Duration>,
     /// The instance trapped: it must not be called again.
     poisoned: bool,
+    shutdown: crate::server::ShutdownSignal,
 }
 
 impl<S> Connection<S>
@@ -296,17 +298,28 @@ where
             return;
         }
         loop {
-            let received = match self.idle_timeout {
-                Some(limit) => match tokio::time::timeout(limit, self.ws.next_frame()).await {
-                    Ok(received) => received,
-                    Err(_) => {
-                        if let Next::Stop = self.deliver(Event::IdleTimeout).await {
-                            return;
-                        }
-                        continue;
+            let idle_timeout = self.idle_timeout;
+            let idle = async move {
+                match idle_timeout {
+                    Some(limit) => tokio::time::sleep(limit).await,
+                    None => std::future::pending().await,
+                }
+            };
+            // Every branch is cancel safe: the engine keeps a partly read frame.
+            let received = tokio::select! {
+                received = self.ws.next_frame() => received,
+                () = idle => {
+                    if let Next::Stop = self.deliver(Event::IdleTimeout).await {
+                        return;
                     }
-                },
-                None => self.ws.next_frame().await,
+                    continue;
+                }
+                () = self.shutdown.stopping() => {
+                    debug!("server stopping: closing with 1001");
+                    let grace = self.shutdown.grace();
+                    self.close(1001, "server shutting down", grace).await;
+                    return;
+                }
             };
             let next = match received {
                 Ok(frame) => self.on_frame(frame).await,

@@ -65,7 +65,18 @@ async fn run(command: Command) -> wasmsocket_host::Result<()> {
             let server = Server::bind(Config::load(&config)?).await?;
             // Tests and scripts read this line to learn the port.
             println!("wasmsocket listening on {}", server.local_addr());
-            server.serve_until(shutdown_signal()).await
+            let serving = server.serve_until(shutdown_signal());
+            // A second signal during the graceful stop stops at once.
+            tokio::select! {
+                result = serving => result,
+                () = async {
+                    shutdown_signal().await;
+                    shutdown_signal().await;
+                } => {
+                    eprintln!("wasmsocket: stopping immediately");
+                    Ok(())
+                }
+            }
         }
         Command::Check { config } => {
             let config = Config::load(&config)?;

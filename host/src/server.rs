@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -35,6 +35,7 @@ pub(crate) struct Shared {
     pub(crate) listener: ListenerConfig,
     pub(crate) services: HashMap<String, Service>,
     pub(crate) static_files: Option<StaticFiles>,
+    pub(crate) shutdown: Shutdown,
     next_id: AtomicU64,
     // Keeps the engine's deadline ticker running while the server lives.
     _runtime: Runtime,
@@ -72,6 +73,7 @@ impl Server {
             );
         }
         let address = config.listener.address();
+        let grace = config.listener.grace_period();
         let listener = TcpListener::bind(address)
             .await
             .map_err(|source| Error::Bind { address, source })?;
@@ -81,6 +83,7 @@ impl Server {
                 listener: config.listener,
                 services,
                 static_files: config.static_files,
+                shutdown: Shutdown::new(grace),
                 next_id: AtomicU64::new(1),
                 _runtime: runtime,
             }),
@@ -99,18 +102,16 @@ impl Server {
         self.serve_until(std::future::pending()).await
     }
 
-    /// Serves until `shutdown` completes, then stops accepting connections.
-    ///
-    /// Connections already open are abandoned when the runtime shuts down.
+    /// Serves until `shutdown` completes, then stops gracefully: stops accepting,
+    /// closes every connection with 1001 (Going Away) and waits up to the listener's
+    /// `grace_period` for the close handshakes. Connections still open then are
+    /// dropped.
     pub async fn serve_until(self, shutdown: impl Future<Output = ()>) -> Result<()> {
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
             let accepted = tokio::select! {
                 accepted = self.listener.accept() => accepted,
-                () = &mut shutdown => {
-                    info!("shutting down");
-                    return Ok(());
-                }
+                () = &mut shutdown => break,
             };
             let (stream, remote) = match accepted {
                 Ok(accepted) => accepted,
@@ -132,11 +133,128 @@ impl Server {
                 id = tracing::field::Empty,
                 service = tracing::field::Empty
             );
+            let guard = self.shared.shutdown.track();
             tokio::spawn(
-                async move { connection::serve(&shared, stream, remote, false).await }
-                    .instrument(span),
+                async move {
+                    connection::serve(&shared, stream, remote, false).await;
+                    drop(guard);
+                }
+                .instrument(span),
             );
         }
+        drop(self.listener);
+        let open = self.shared.shutdown.active();
+        info!(open, "stopping: closing connections with 1001");
+        self.shared.shutdown.begin();
+        let grace = self.shared.shutdown.grace();
+        if tokio::time::timeout(
+            grace + Duration::from_secs(1),
+            self.shared.shutdown.drained(),
+        )
+        .await
+        .is_err()
+        {
+            warn!(
+                open = self.shared.shutdown.active(),
+                "grace period over; dropping the connections still open"
+            );
+        }
+        info!("stopped");
+        Ok(())
+    }
+}
+
+/// Graceful stop: a flag every connection watches, and a count of open connections.
+pub(crate) struct Shutdown {
+    stopping: tokio::sync::watch::Sender<bool>,
+    active: Arc<AtomicUsize>,
+    drained: Arc<tokio::sync::Notify>,
+    grace: Duration,
+}
+
+/// What one connection holds to learn that the server is stopping.
+pub(crate) struct ShutdownSignal {
+    stopping: tokio::sync::watch::Receiver<bool>,
+    grace: Duration,
+}
+
+/// Counts a connection as open until dropped.
+pub(crate) struct ConnectionGuard {
+    active: Arc<AtomicUsize>,
+    drained: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        if self.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.drained.notify_waiters();
+        }
+    }
+}
+
+impl Shutdown {
+    fn new(grace: Duration) -> Self {
+        Self {
+            stopping: tokio::sync::watch::Sender::new(false),
+            active: Arc::new(AtomicUsize::new(0)),
+            drained: Arc::new(tokio::sync::Notify::new()),
+            grace,
+        }
+    }
+
+    fn track(&self) -> ConnectionGuard {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        ConnectionGuard {
+            active: self.active.clone(),
+            drained: self.drained.clone(),
+        }
+    }
+
+    fn active(&self) -> usize {
+        self.active.load(Ordering::Acquire)
+    }
+
+    fn begin(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    fn grace(&self) -> Duration {
+        self.grace
+    }
+
+    async fn drained(&self) {
+        loop {
+            let notified = self.drained.notified();
+            if self.active() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    pub(crate) fn signal(&self) -> ShutdownSignal {
+        ShutdownSignal {
+            stopping: self.stopping.subscribe(),
+            grace: self.grace,
+        }
+    }
+}
+
+impl ShutdownSignal {
+    /// Completes when the server starts stopping.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropping the future loses nothing.
+    pub(crate) async fn stopping(&mut self) {
+        if self.stopping.wait_for(|stopping| *stopping).await.is_err() {
+            // The server is gone; there is nothing to wait for.
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// How long a closing connection waits for the peer's close frame.
+    pub(crate) fn grace(&self) -> Duration {
+        self.grace
     }
 }
 
