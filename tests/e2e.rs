@@ -507,3 +507,52 @@ async fn graceful_stop_ends_after_the_grace_period() {
         .expect("host exited after its grace period");
     assert!(status.success(), "{status}");
 }
+
+/// Spec 3.2.1 `onMessage`: data binding to a record type, dispatch on a JSON field,
+/// binary → string → JSON, and a binding failure closing with 1003.
+#[tokio::test]
+async fn json_echo() {
+    let host = Host::with_service("/json", components::JSON_ECHO, "");
+    let mut client = connect(&host.url("/json")).await;
+    let json = |message: Message| -> serde_json::Value {
+        serde_json::from_str(message.to_text().expect("a text answer")).expect("JSON")
+    };
+
+    client
+        .send(Message::text(
+            r#"{"type":"order","id":7,"item":"tea","quantity":2}"#,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        json(next(&mut client).await),
+        serde_json::json!({"type":"receipt","id":7,"item":"tea","quantity":2,"total_orders":1})
+    );
+    client
+        .send(Message::text(r#"{"type":"ping"}"#))
+        .await
+        .unwrap();
+    assert_eq!(
+        json(next(&mut client).await),
+        serde_json::json!({"type":"pong","total_orders":1})
+    );
+    // A binary message binds through its text.
+    client
+        .send(Message::binary(
+            br#"{"type":"order","id":8,"item":"cake","quantity":1}"#.to_vec(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(json(next(&mut client).await)["total_orders"], 2);
+
+    // What does not bind closes the connection with 1003.
+    for bad in [
+        "not json",
+        r#"{"type":"order","id":"x"}"#,
+        r#"{"type":"refund"}"#,
+    ] {
+        let mut client = connect(&host.url("/json")).await;
+        client.send(Message::text(bad)).await.unwrap();
+        assert_eq!(expect_close(&mut client).await.0, 1003, "{bad}");
+    }
+}

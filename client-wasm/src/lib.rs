@@ -43,10 +43,10 @@
 
 use std::time::Duration;
 
-mod binding;
+pub use wasmsocket_binding::Message;
 #[cfg(feature = "xml")]
 #[cfg_attr(docsrs, doc(cfg(feature = "xml")))]
-pub use binding::Xml;
+pub use wasmsocket_binding::Xml;
 
 #[cfg(not(target_arch = "wasm32"))]
 mod native;
@@ -134,21 +134,16 @@ pub enum Error {
     Unsupported(&'static str),
 }
 
-/// A complete WebSocket message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Message {
-    /// A text message.
-    Text(String),
-    /// A binary message.
-    Binary(Vec<u8>),
+fn kind(message: &Message) -> &'static str {
+    match message {
+        Message::Text(_) => "text",
+        Message::Binary(_) => "binary",
+    }
 }
 
-impl Message {
-    fn kind(&self) -> &'static str {
-        match self {
-            Message::Text(_) => "text",
-            Message::Binary(_) => "binary",
-        }
+impl From<wasmsocket_binding::BindError> for Error {
+    fn from(error: wasmsocket_binding::BindError) -> Self {
+        Error::Binding(error.to_string())
     }
 }
 
@@ -468,7 +463,7 @@ impl Client {
     /// Sends any serializable value: strings as text, byte strings as binary, [`Xml`]
     /// as XML text, everything else as JSON text.
     pub async fn write_message<T: serde::Serialize + ?Sized>(&mut self, value: &T) -> Result<()> {
-        let message = binding::to_message(value)?;
+        let message = wasmsocket_binding::to_message(value)?;
         self.inner.write(message).await
     }
 
@@ -486,7 +481,7 @@ impl Client {
             Message::Text(text) => Ok(text),
             other => Err(Error::UnexpectedMessage {
                 expected: "text",
-                got: other.kind(),
+                got: kind(&other),
             }),
         }
     }
@@ -497,7 +492,7 @@ impl Client {
             Message::Binary(data) => Ok(data),
             other => Err(Error::UnexpectedMessage {
                 expected: "binary",
-                got: other.kind(),
+                got: kind(&other),
             }),
         }
     }
@@ -505,7 +500,7 @@ impl Client {
     /// Reads the next message and binds it to `T` (see the crate docs).
     pub async fn read_message<T: serde::de::DeserializeOwned>(&mut self) -> Result<T> {
         let message = self.read().await?;
-        binding::from_message(&message)
+        Ok(wasmsocket_binding::from_message(&message)?)
     }
 
     /// Sends a ping (at most 125 bytes). Native only.

@@ -33,6 +33,8 @@
 use std::cell::RefCell;
 use std::fmt;
 
+#[cfg(feature = "xml")]
+pub use wasmsocket_binding::Xml;
 pub use wasmsocket_guest_macro::service;
 
 #[doc(hidden)]
@@ -54,7 +56,7 @@ pub use types::Callbacks;
 /// What most services need: `use wasmsocket_guest::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        Accept, Caller, CallerError, Error, Result, Service, UpgradeError, UpgradeRequest,
+        Accept, Caller, CallerError, Data, Error, Result, Service, UpgradeError, UpgradeRequest,
     };
 }
 
@@ -77,14 +79,23 @@ pub trait Service: Sized + 'static {
         Ok(())
     }
 
-    /// A text message arrived (fragments joined, UTF-8 checked).
+    /// A text message arrived (fragments joined, UTF-8 checked). Unless implemented,
+    /// it goes to [`on_message`](Service::on_message).
     fn on_text_message(&mut self, caller: &Caller, text: String) -> Result {
-        let _ = (caller, text);
-        Ok(())
+        self.on_message(caller, Data(Message::Text(text)))
     }
 
-    /// A binary message arrived (fragments joined).
+    /// A binary message arrived (fragments joined). Unless implemented, it goes to
+    /// [`on_message`](Service::on_message).
     fn on_binary_message(&mut self, caller: &Caller, data: Vec<u8>) -> Result {
+        self.on_message(caller, Data(Message::Binary(data)))
+    }
+
+    /// A text or binary message arrived that no `on_text_message` /
+    /// `on_binary_message` takes: Ballerina's `onMessage`. Bind it to a type with
+    /// [`Data::bind`]; a failed binding returned with `?` closes the connection with
+    /// 1003, as the specification says.
+    fn on_message(&mut self, caller: &Caller, data: Data) -> Result {
         let _ = (caller, data);
         Ok(())
     }
@@ -125,6 +136,48 @@ pub trait Service: Sized + 'static {
     #[doc(hidden)]
     fn __implemented_callbacks() -> Callbacks {
         Callbacks::all()
+    }
+}
+
+use wasmsocket_binding::Message;
+
+/// A received message for [`Service::on_message`], to bind to a type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Data(Message);
+
+impl Data {
+    /// Binds the message to `T` with Ballerina's rules: a text message read as
+    /// `String` as it is, as [`Xml<T>`] as XML, as anything else as JSON; a binary
+    /// message read as `Vec<u8>` as it is, as anything else through its UTF-8 text.
+    /// Dispatch on a JSON field (Ballerina's `dispatcherKey`) with a serde
+    /// internally-tagged enum: `#[serde(tag = "type")]`.
+    ///
+    /// A failure is [`Error::UnsupportedData`]: returned with `?` it closes the
+    /// connection with 1003.
+    pub fn bind<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        wasmsocket_binding::from_message(&self.0)
+            .map_err(|error| Error::UnsupportedData(format!("data binding failed: {error}")))
+    }
+
+    /// The text, if this is a text message.
+    pub fn as_text(&self) -> Option<&str> {
+        match &self.0 {
+            Message::Text(text) => Some(text),
+            Message::Binary(_) => None,
+        }
+    }
+
+    /// The payload bytes (a text message's UTF-8).
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            Message::Text(text) => text.as_bytes(),
+            Message::Binary(data) => data,
+        }
+    }
+
+    /// Whether this is a binary message.
+    pub fn is_binary(&self) -> bool {
+        matches!(self.0, Message::Binary(_))
     }
 }
 
@@ -317,6 +370,8 @@ pub enum CallerError {
     ControlFrameTooLarge,
     /// This callback queued more than the service's `max_write_buffer`.
     WriteBufferFull,
+    /// `write_message` could not serialize the value.
+    Unserializable,
 }
 
 impl fmt::Display for CallerError {
@@ -326,6 +381,7 @@ impl fmt::Display for CallerError {
             Self::InvalidCloseCode(code) => write!(f, "invalid close code {code}"),
             Self::ControlFrameTooLarge => f.write_str("control frame payload too large"),
             Self::WriteBufferFull => f.write_str("write buffer full"),
+            Self::Unserializable => f.write_str("the value could not be serialized"),
         }
     }
 }
@@ -373,6 +429,19 @@ impl Caller<'_> {
     /// Sends a binary message.
     pub fn write_binary(&self, data: &[u8]) -> Result<(), CallerError> {
         Ok(self.inner.write_binary(data)?)
+    }
+
+    /// Sends any serializable value: strings as text as they are, byte strings
+    /// (`serde_bytes`) as binary, [`Xml`] as XML text, everything else as JSON text.
+    pub fn write_message<T: serde::Serialize + ?Sized>(
+        &self,
+        value: &T,
+    ) -> Result<(), CallerError> {
+        match wasmsocket_binding::to_message(value) {
+            Ok(Message::Text(text)) => self.write_text(&text),
+            Ok(Message::Binary(data)) => self.write_binary(&data),
+            Err(_) => Err(CallerError::Unserializable),
+        }
     }
 
     /// Sends a ping (at most 125 bytes).

@@ -383,7 +383,12 @@ where
             Ok(Ok(())) => self.flush_outbox().await,
             Ok(Err(error)) => {
                 let (code, reason) = close_for(&error);
-                debug!(code, reason = %reason, "session ended the connection");
+                if let CallbackError::UnsupportedData(why) = &error {
+                    // Ballerina logs binding failures at the listener.
+                    warn!(code, "session could not accept the data: {why}");
+                } else {
+                    debug!(code, reason = %reason, "session ended the connection");
+                }
                 if let Next::Stop = self.flush_outbox().await {
                     return Next::Stop;
                 }

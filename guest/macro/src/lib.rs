@@ -54,7 +54,7 @@ pub fn service(attr: TokenStream, item: TokenStream) -> TokenStream {
         .to_compile_error()
         .into();
     }
-    let implemented: Vec<_> = block
+    let mut implemented: Vec<_> = block
         .items
         .iter()
         .filter_map(|item| match item {
@@ -65,6 +65,18 @@ pub fn service(attr: TokenStream, item: TokenStream) -> TokenStream {
             _ => None,
         })
         .collect();
+    // `on_message` receives text and binary messages not taken by their own callbacks.
+    let has_on_message = block
+        .items
+        .iter()
+        .any(|item| matches!(item, ImplItem::Fn(function) if function.sig.ident == "on_message"));
+    if has_on_message {
+        for flag in ["ON_TEXT_MESSAGE", "ON_BINARY_MESSAGE"] {
+            if !implemented.iter().any(|f| f == flag) {
+                implemented.push(format_ident!("{flag}"));
+            }
+        }
+    }
     block.items.push(syn::parse_quote! {
         #[doc(hidden)]
         fn __implemented_callbacks() -> ::wasmsocket_guest::Callbacks {
