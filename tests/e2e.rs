@@ -556,3 +556,106 @@ async fn json_echo() {
         assert_eq!(expect_close(&mut client).await.0, 1003, "{bad}");
     }
 }
+
+/// Nothing arrives for `quiet`.
+async fn assert_silent(client: &mut Client, quiet: Duration) {
+    if let Ok(message) = tokio::time::timeout(quiet, client.next()).await {
+        panic!("expected silence, got {message:?}");
+    }
+}
+
+fn chat_line(message: Message) -> (String, String) {
+    let value: serde_json::Value = serde_json::from_str(message.to_text().unwrap()).unwrap();
+    (
+        value["from"].as_str().unwrap().to_owned(),
+        value["text"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// A room: what one connection sends, every other connection in the room receives
+/// (through the host's topics), and nobody else.
+#[tokio::test]
+async fn chat() {
+    let host = Host::with_service("/chat", components::CHAT, "");
+    let join = |name: &str, room: &str| host.url(&format!("/chat?room={room}&name={name}"));
+    let line = |from: &str, text: &str| (from.to_owned(), text.to_owned());
+    let mut alice = connect(&join("alice", "tea")).await;
+    let mut bob = connect(&join("bob", "tea")).await;
+    assert_eq!(
+        chat_line(next(&mut alice).await),
+        line("room", "bob joined")
+    );
+    let mut carol = connect(&join("carol", "tea")).await;
+    assert_eq!(
+        chat_line(next(&mut alice).await),
+        line("room", "carol joined")
+    );
+    assert_eq!(
+        chat_line(next(&mut bob).await),
+        line("room", "carol joined")
+    );
+    let mut dave = connect(&join("dave", "coffee")).await;
+
+    alice.send(Message::text("hello, tea room")).await.unwrap();
+    assert_eq!(
+        chat_line(next(&mut bob).await),
+        line("alice", "hello, tea room")
+    );
+    assert_eq!(
+        chat_line(next(&mut carol).await),
+        line("alice", "hello, tea room")
+    );
+    // Not back to the sender, not to another room.
+    assert_silent(&mut alice, Duration::from_millis(300)).await;
+    assert_silent(&mut dave, Duration::from_millis(50)).await;
+
+    // Leaving is announced, and the one who left gets nothing more.
+    carol.close(None).await.unwrap();
+    assert_eq!(
+        chat_line(next(&mut alice).await),
+        line("room", "carol left")
+    );
+    assert_eq!(chat_line(next(&mut bob).await), line("room", "carol left"));
+    bob.send(Message::text("just us")).await.unwrap();
+    assert_eq!(chat_line(next(&mut alice).await), line("bob", "just us"));
+
+    let bad = raw_request(&host, &upgrade_request("/chat?room=no%20spaces", "")).await;
+    assert_eq!(status_of(&bad), 400, "{bad}");
+}
+
+/// Messages pushed unasked from timers, paused and resumed; idle timeout closes.
+#[tokio::test]
+async fn ticker() {
+    let host = Host::with_service("/ticker", components::TICKER, "idle_timeout = 1.5");
+    let mut client = connect(&host.url("/ticker?every=50")).await;
+    for n in 1..=3 {
+        assert_eq!(next(&mut client).await, Message::text(format!("tick {n}")));
+    }
+    client.send(Message::text("stop")).await.unwrap();
+    let stopped_at: u64 = loop {
+        let text = next(&mut client).await.into_text().unwrap();
+        if let Some(tick) = text.strip_prefix("stopped at tick ") {
+            break tick.parse().unwrap();
+        }
+        assert!(text.starts_with("tick "), "{text}");
+    };
+    assert!(stopped_at >= 3);
+    assert_silent(&mut client, Duration::from_millis(200)).await;
+    client.send(Message::text("start")).await.unwrap();
+    assert_eq!(
+        next(&mut client).await,
+        Message::text(format!("started at tick {stopped_at}"))
+    );
+    assert_eq!(
+        next(&mut client).await,
+        Message::text(format!("tick {}", stopped_at + 1))
+    );
+
+    // Sending nothing for idle_timeout: on_idle_timeout says so and closes with 1000.
+    let mut quiet = connect(&host.url("/ticker?every=100000")).await;
+    assert_eq!(next(&mut quiet).await, Message::text("idle: closing"));
+    assert_eq!(
+        expect_close(&mut quiet).await,
+        (1000, "idle timeout".to_owned())
+    );
+}

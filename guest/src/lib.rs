@@ -133,6 +133,12 @@ pub trait Service: Sized + 'static {
         Ok(())
     }
 
+    /// Timer `id`, set with [`Caller::set_timer`], fired.
+    fn on_timer(&mut self, caller: &Caller, id: u32) -> Result {
+        let _ = (caller, id);
+        Ok(())
+    }
+
     #[doc(hidden)]
     fn __implemented_callbacks() -> Callbacks {
         Callbacks::all()
@@ -372,6 +378,9 @@ pub enum CallerError {
     WriteBufferFull,
     /// `write_message` could not serialize the value.
     Unserializable,
+    /// A per-connection limit (64 topics, 16 timers) or the 256-byte topic name limit
+    /// was reached.
+    LimitExceeded,
 }
 
 impl fmt::Display for CallerError {
@@ -382,6 +391,7 @@ impl fmt::Display for CallerError {
             Self::ControlFrameTooLarge => f.write_str("control frame payload too large"),
             Self::WriteBufferFull => f.write_str("write buffer full"),
             Self::Unserializable => f.write_str("the value could not be serialized"),
+            Self::LimitExceeded => f.write_str("limit exceeded"),
         }
     }
 }
@@ -395,6 +405,7 @@ impl From<types::CallerError> for CallerError {
             types::CallerError::InvalidCloseCode(code) => Self::InvalidCloseCode(code),
             types::CallerError::ControlFrameTooLarge => Self::ControlFrameTooLarge,
             types::CallerError::WriteBufferFull => Self::WriteBufferFull,
+            types::CallerError::LimitExceeded => Self::LimitExceeded,
         }
     }
 }
@@ -488,6 +499,62 @@ impl Caller<'_> {
     /// Sets a per-connection attribute.
     pub fn set_attribute(&self, key: &str, value: &str) {
         self.inner.set_attribute(key, value)
+    }
+
+    /// Subscribes this connection to `topic`: what other connections of this host
+    /// publish there is sent to it by the host (no callback runs).
+    pub fn subscribe(&self, topic: &str) -> Result<(), CallerError> {
+        Ok(self.inner.subscribe(topic)?)
+    }
+
+    /// Ends the subscription to `topic`.
+    pub fn unsubscribe(&self, topic: &str) {
+        self.inner.unsubscribe(topic)
+    }
+
+    /// Sends a text message to every other connection subscribed to `topic`; returns
+    /// how many it was queued for.
+    pub fn publish_text(&self, topic: &str, text: &str) -> Result<u32, CallerError> {
+        Ok(self
+            .inner
+            .publish(topic, &types::Message::Text(text.to_owned()))?)
+    }
+
+    /// Sends a binary message to every other connection subscribed to `topic`.
+    pub fn publish_binary(&self, topic: &str, data: &[u8]) -> Result<u32, CallerError> {
+        Ok(self
+            .inner
+            .publish(topic, &types::Message::Binary(data.to_vec()))?)
+    }
+
+    /// Publishes any serializable value, framed as [`Caller::write_message`] frames it.
+    pub fn publish_message<T: serde::Serialize + ?Sized>(
+        &self,
+        topic: &str,
+        value: &T,
+    ) -> Result<u32, CallerError> {
+        match wasmsocket_binding::to_message(value) {
+            Ok(Message::Text(text)) => self.publish_text(topic, &text),
+            Ok(Message::Binary(data)) => self.publish_binary(topic, &data),
+            Err(_) => Err(CallerError::Unserializable),
+        }
+    }
+
+    /// Calls [`Service::on_timer`] with `id` after `delay`, then every `delay` if
+    /// `repeat`. Setting an `id` again replaces that timer. At most 16 per connection.
+    pub fn set_timer(
+        &self,
+        id: u32,
+        delay: std::time::Duration,
+        repeat: bool,
+    ) -> Result<(), CallerError> {
+        let ms = u32::try_from(delay.as_millis()).unwrap_or(u32::MAX);
+        Ok(self.inner.set_timer(id, ms, repeat)?)
+    }
+
+    /// Cancels timer `id`.
+    pub fn cancel_timer(&self, id: u32) {
+        self.inner.cancel_timer(id)
     }
 
     /// Reads a per-connection attribute.
@@ -588,6 +655,10 @@ pub mod __private {
 
         fn on_error(&self, caller: &imports::Caller, message: String) -> Outcome {
             self.with(caller, |s, c| s.on_error(c, message))
+        }
+
+        fn on_timer(&self, caller: &imports::Caller, id: u32) -> Outcome {
+            self.with(caller, |s, c| s.on_timer(c, id))
         }
     }
 }

@@ -12,10 +12,11 @@ use tracing::{debug, info, warn};
 use crate::engine::{self, CloseCode, Frame, OpCode, WebSocket};
 use crate::http::{self, ReadError, Request, Upgrade};
 use crate::runtime::{
-    CallbackError, Callbacks, Decision, Event, Header, Instance, Outgoing, Session, UpgradeRequest,
-    describe_trap, is_sendable_close_code, truncate_reason,
+    Accepted, CallbackError, Callbacks, Decision, Event, Header, Instance, Outgoing, Session,
+    UpgradeRequest, describe_trap, is_sendable_close_code, truncate_reason,
 };
 use crate::server::{Service, Shared};
+use crate::topics::{self, Published};
 
 /// How long the host waits for the peer's close frame after a close it started itself
 /// (an error or a trap), rather than one the session asked for with a timeout.
@@ -84,9 +85,9 @@ where
         }
     };
     let accept = engine::accept_key(key);
-    let id = shared.next_connection_id();
+    let number = shared.next_connection_number();
     let span = tracing::Span::current();
-    span.record("id", id.as_str());
+    span.record("id", format!("{number:x}"));
     span.record("service", service.config.path.as_str());
     let Some((mut instance, decision)) =
         upgrade(service, &request, remote, secure, &mut io, server).await
@@ -184,7 +185,13 @@ where
         }
     };
     info!(subprotocol = ?subprotocol, compression = extensions.is_some(), "connection open");
-    if let Err(trap) = instance.open(&mut session, id, secure, subprotocol) {
+    let (inbox_sender, inbox) = topics::inbox();
+    let accepted = Accepted {
+        number,
+        secure,
+        subprotocol,
+    };
+    if let Err(trap) = instance.open(&mut session, accepted, inbox_sender) {
         warn!("{}", describe_trap(&trap));
         return;
     }
@@ -196,8 +203,10 @@ where
         idle_timeout: service.config.idle_timeout(),
         poisoned: false,
         shutdown: shared.shutdown.signal(),
+        inbox,
     };
     connection.run().await;
+    connection.instance.release(&connection.session);
     debug!("connection closed");
 }
 
@@ -287,6 +296,8 @@ struct Connection<S> {
     /// The instance trapped: it must not be called again.
     poisoned: bool,
     shutdown: crate::server::ShutdownSignal,
+    /// What this connection's topics publish.
+    inbox: topics::Inbox,
 }
 
 impl<S> Connection<S>
@@ -305,9 +316,32 @@ where
                     None => std::future::pending().await,
                 }
             };
-            // Every branch is cancel safe: the engine keeps a partly read frame.
+            let timer = self.instance.next_timer(&self.session);
+            let timer_due = async move {
+                match timer {
+                    Some(due) => tokio::time::sleep_until(due).await,
+                    None => std::future::pending().await,
+                }
+            };
+            // Every branch is cancel safe: the engine keeps a partly read frame, and a
+            // message taken from the inbox is sent before the next turn.
             let received = tokio::select! {
                 received = self.ws.next_frame() => received,
+                Some(published) = self.inbox.recv() => {
+                    if let Next::Stop = self.send_published(published).await {
+                        return;
+                    }
+                    continue;
+                }
+                () = timer_due => {
+                    let due = self.instance.due_timers(&self.session, tokio::time::Instant::now());
+                    for id in due {
+                        if let Next::Stop = self.deliver(Event::Timer(id)).await {
+                            return;
+                        }
+                    }
+                    continue;
+                }
                 () = idle => {
                     if let Next::Stop = self.deliver(Event::IdleTimeout).await {
                         return;
@@ -454,6 +488,27 @@ where
                 debug!(%error, "write failed");
                 return Next::Stop;
             }
+        }
+        if let Err(error) = self.ws.flush().await {
+            debug!(%error, "write failed");
+            return Next::Stop;
+        }
+        Next::Continue
+    }
+
+    /// Writes a message a topic delivered, with any others already waiting.
+    async fn send_published(&mut self, first: Published) -> Next {
+        let mut next = Some(first);
+        while let Some(published) = next {
+            let frame = match published {
+                Published::Text(text) => Frame::text(text),
+                Published::Binary(data) => Frame::binary(data),
+            };
+            if let Err(error) = self.ws.feed(frame).await {
+                debug!(%error, "write failed");
+                return Next::Stop;
+            }
+            next = self.inbox.try_recv().ok();
         }
         if let Err(error) = self.ws.flush().await {
             debug!(%error, "write failed");

@@ -17,6 +17,7 @@ mod files;
 mod http;
 mod runtime;
 mod server;
+mod topics;
 
 pub use config::{
     Config, ListenerConfig, RequestLimits, SandboxLimits, ServiceConfig, StaticFiles,

@@ -16,6 +16,7 @@ use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadl
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::config::SandboxLimits;
+use crate::topics::{self, InboxSender, Published, Topics};
 use crate::{Error, Result};
 
 pub(crate) mod bindings {
@@ -35,7 +36,7 @@ use bindings::exports::wasmsocket::service::handler::Acceptance;
 #[cfg(test)]
 pub(crate) use bindings::wasmsocket::service::types::CloseFrame;
 pub(crate) use bindings::wasmsocket::service::types::{
-    CallbackError, Callbacks, CallerError, Header, UpgradeRejection, UpgradeRequest,
+    CallbackError, Callbacks, CallerError, Header, Message, UpgradeRejection, UpgradeRequest,
 };
 
 /// How often the epoch advances; callback deadlines are counted in these ticks.
@@ -49,6 +50,7 @@ const MAX_TABLE_ENTRIES: usize = 1024;
 pub(crate) struct Runtime {
     engine: Engine,
     linker: Linker<StoreData>,
+    topics: Arc<Topics>,
     ticker_stop: Arc<AtomicBool>,
 }
 
@@ -87,6 +89,7 @@ impl Runtime {
         Ok(Self {
             engine,
             linker,
+            topics: Arc::new(Topics::default()),
             ticker_stop,
         })
     }
@@ -112,6 +115,7 @@ impl Runtime {
             pre,
             limits: limits.clone(),
             callbacks: Callbacks::all(),
+            topics: self.topics.clone(),
         };
         let mut instance = loaded.instantiate().await.map_err(error)?;
         loaded.callbacks = instance.implemented_callbacks().await.map_err(error)?;
@@ -131,6 +135,7 @@ pub(crate) struct ServiceComponent {
     pre: bindings::ServicePre<StoreData>,
     limits: SandboxLimits,
     callbacks: Callbacks,
+    topics: Arc<Topics>,
 }
 
 impl ServiceComponent {
@@ -154,6 +159,7 @@ impl ServiceComponent {
                 .build(),
             max_write_buffer: self.limits.max_write_buffer,
             ticks_left: 0,
+            topics: self.topics.clone(),
         };
         let mut store = Store::new(&self.engine, data);
         store.limiter(|data| &mut data.limits);
@@ -194,6 +200,7 @@ pub(crate) struct StoreData {
     max_write_buffer: usize,
     /// Epoch ticks the running callback may still use.
     ticks_left: u64,
+    topics: Arc<Topics>,
 }
 
 impl WasiView for StoreData {
@@ -222,7 +229,23 @@ pub struct CallerState {
     queued: usize,
     /// A close frame was sent or received.
     closing: bool,
+    /// The connection's number, for topics.
+    number: u64,
+    /// Where topics deliver to this connection.
+    inbox: InboxSender,
+    subscriptions: std::collections::HashSet<String>,
+    timers: HashMap<u32, Timer>,
 }
+
+/// A timer set by the session.
+#[derive(Debug, Clone, Copy)]
+struct Timer {
+    due: tokio::time::Instant,
+    period: Option<Duration>,
+}
+
+/// Most timers one connection may have set.
+const MAX_TIMERS: usize = 16;
 
 /// A frame a session asked to send.
 #[derive(Debug)]
@@ -398,8 +421,87 @@ impl bindings::wasmsocket::service::caller::HostCaller for StoreData {
         Ok(self.caller(&caller)?.attributes.remove(&key))
     }
 
+    fn subscribe(
+        &mut self,
+        caller: Resource<CallerState>,
+        topic: String,
+    ) -> wasmtime::Result<Result<(), CallerError>> {
+        let topics = self.topics.clone();
+        let state = self.caller(&caller)?;
+        if state.subscriptions.contains(&topic) {
+            return Ok(Ok(()));
+        }
+        if topic.len() > topics::MAX_TOPIC_LEN
+            || state.subscriptions.len() >= topics::MAX_SUBSCRIPTIONS
+        {
+            return Ok(Err(CallerError::LimitExceeded));
+        }
+        topics.subscribe(&topic, state.number, state.inbox.clone());
+        state.subscriptions.insert(topic);
+        Ok(Ok(()))
+    }
+
+    fn unsubscribe(
+        &mut self,
+        caller: Resource<CallerState>,
+        topic: String,
+    ) -> wasmtime::Result<()> {
+        let topics = self.topics.clone();
+        let state = self.caller(&caller)?;
+        if state.subscriptions.remove(&topic) {
+            topics.unsubscribe(&topic, state.number);
+        }
+        Ok(())
+    }
+
+    fn publish(
+        &mut self,
+        caller: Resource<CallerState>,
+        topic: String,
+        message: Message,
+    ) -> wasmtime::Result<Result<u32, CallerError>> {
+        let topics = self.topics.clone();
+        let state = self.caller(&caller)?;
+        if topic.len() > topics::MAX_TOPIC_LEN {
+            return Ok(Err(CallerError::LimitExceeded));
+        }
+        let published = match message {
+            Message::Text(text) => Published::Text(text.into()),
+            Message::Binary(data) => Published::Binary(data.into()),
+        };
+        Ok(Ok(topics.publish(&topic, state.number, &published)))
+    }
+
+    fn set_timer(
+        &mut self,
+        caller: Resource<CallerState>,
+        id: u32,
+        delay_ms: u32,
+        repeat: bool,
+    ) -> wasmtime::Result<Result<(), CallerError>> {
+        let state = self.caller(&caller)?;
+        if !state.timers.contains_key(&id) && state.timers.len() >= MAX_TIMERS {
+            return Ok(Err(CallerError::LimitExceeded));
+        }
+        let delay = Duration::from_millis(delay_ms.max(1).into());
+        let timer = Timer {
+            due: tokio::time::Instant::now() + delay,
+            period: repeat.then_some(delay),
+        };
+        state.timers.insert(id, timer);
+        Ok(Ok(()))
+    }
+
+    fn cancel_timer(&mut self, caller: Resource<CallerState>, id: u32) -> wasmtime::Result<()> {
+        self.caller(&caller)?.timers.remove(&id);
+        Ok(())
+    }
+
     fn drop(&mut self, caller: Resource<CallerState>) -> wasmtime::Result<()> {
-        self.table.delete(caller)?;
+        let state = self.table.delete(caller)?;
+        for topic in &state.subscriptions {
+            self.topics.unsubscribe(topic, state.number);
+        }
         Ok(())
     }
 }
@@ -427,6 +529,13 @@ pub(crate) struct Session {
     caller: Option<Resource<CallerState>>,
 }
 
+/// What the host knows of an accepted connection.
+pub(crate) struct Accepted {
+    pub(crate) number: u64,
+    pub(crate) secure: bool,
+    pub(crate) subprotocol: Option<String>,
+}
+
 /// A callback invocation.
 #[derive(Debug)]
 pub(crate) enum Event<'a> {
@@ -438,6 +547,7 @@ pub(crate) enum Event<'a> {
     IdleTimeout,
     Close(u16, &'a str),
     Error(&'a str),
+    Timer(u32),
 }
 
 impl Event<'_> {
@@ -452,6 +562,7 @@ impl Event<'_> {
             Event::IdleTimeout => Callbacks::ON_IDLE_TIMEOUT,
             Event::Close(..) => Callbacks::ON_CLOSE,
             Event::Error(_) => Callbacks::ON_ERROR,
+            Event::Timer(_) => Callbacks::ON_TIMER,
         }
     }
 }
@@ -502,21 +613,77 @@ impl Instance {
     pub(crate) fn open(
         &mut self,
         session: &mut Session,
-        id: String,
-        secure: bool,
-        subprotocol: Option<String>,
+        connection: Accepted,
+        inbox: InboxSender,
     ) -> wasmtime::Result<()> {
         let caller = self.store.data_mut().table.push(CallerState {
-            id,
-            secure,
-            subprotocol,
+            id: format!("{:x}", connection.number),
+            secure: connection.secure,
+            subprotocol: connection.subprotocol,
             attributes: HashMap::new(),
             outbox: Vec::new(),
             queued: 0,
             closing: false,
+            number: connection.number,
+            inbox,
+            subscriptions: Default::default(),
+            timers: HashMap::new(),
         })?;
         session.caller = Some(caller);
         Ok(())
+    }
+
+    /// When the session's next timer is due, if it has one.
+    pub(crate) fn next_timer(&mut self, session: &Session) -> Option<tokio::time::Instant> {
+        let caller = session.caller.as_ref()?;
+        let state = self.store.data_mut().caller(caller).ok()?;
+        state.timers.values().map(|timer| timer.due).min()
+    }
+
+    /// Takes the timers due at `now`, rescheduling the repeating ones.
+    pub(crate) fn due_timers(&mut self, session: &Session, now: tokio::time::Instant) -> Vec<u32> {
+        let Some(caller) = session.caller.as_ref() else {
+            return Vec::new();
+        };
+        let Ok(state) = self.store.data_mut().caller(caller) else {
+            return Vec::new();
+        };
+        let mut due: Vec<u32> = state
+            .timers
+            .iter()
+            .filter(|(_, timer)| timer.due <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        due.sort_unstable();
+        for id in &due {
+            let timer = state.timers.get_mut(id).expect("listed above");
+            match timer.period {
+                // Skip missed periods rather than firing a burst.
+                Some(period) => {
+                    while timer.due <= now {
+                        timer.due += period;
+                    }
+                }
+                None => {
+                    state.timers.remove(id);
+                }
+            }
+        }
+        due
+    }
+
+    /// Ends the connection's subscriptions and timers.
+    pub(crate) fn release(&mut self, session: &Session) {
+        let Some(caller) = session.caller.as_ref() else {
+            return;
+        };
+        let topics = self.store.data().topics.clone();
+        if let Ok(state) = self.store.data_mut().caller(caller) {
+            for topic in state.subscriptions.drain() {
+                topics.unsubscribe(&topic, state.number);
+            }
+            state.timers.clear();
+        }
     }
 
     /// Delivers `event` to the session. The outer `Err` is a trap; the inner one the
@@ -550,6 +717,7 @@ impl Instance {
                 api.call_on_close(store, this, borrow(), code, reason).await
             }
             Event::Error(message) => api.call_on_error(store, this, borrow(), message).await,
+            Event::Timer(id) => api.call_on_timer(store, this, borrow(), id).await,
         }
     }
 
@@ -618,6 +786,7 @@ mod tests {
             Event::IdleTimeout,
             Event::Close(1000, ""),
             Event::Error(""),
+            Event::Timer(0),
         ];
         let all = events
             .iter()

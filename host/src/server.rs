@@ -48,9 +48,9 @@ pub(crate) struct Service {
 }
 
 impl Shared {
-    /// A host-unique connection id.
-    pub(crate) fn next_connection_id(&self) -> String {
-        format!("{:x}", self.next_id.fetch_add(1, Ordering::Relaxed))
+    /// A host-unique connection number (its id is the number in hex).
+    pub(crate) fn next_connection_number(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 }
 

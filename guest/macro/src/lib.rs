@@ -14,6 +14,7 @@ const CALLBACKS: &[(&str, &str)] = &[
     ("on_idle_timeout", "ON_IDLE_TIMEOUT"),
     ("on_close", "ON_CLOSE"),
     ("on_error", "ON_ERROR"),
+    ("on_timer", "ON_TIMER"),
 ];
 
 /// Exports an `impl Service for T` block as the component's WebSocket service.
