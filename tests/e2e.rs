@@ -659,3 +659,17 @@ async fn ticker() {
         (1000, "idle timeout".to_owned())
     );
 }
+
+/// Spec 2.1 `requestLimits.maxEntityBodySize`: a declared body over the limit gets 413.
+#[tokio::test]
+async fn entity_body_limit() {
+    let host = Host::start(&format!(
+        "[listener]\nhost = \"127.0.0.1\"\nport = 0\n\n[listener.request_limits]\nmax_entity_body_size = 16\n\n\
+         [[service]]\npath = \"/echo\"\ncomponent = {:?}\n",
+        components::ECHO
+    ));
+    let big = "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 17\r\n\r\n";
+    assert_eq!(status_of(&raw_request(&host, big).await), 413);
+    let small = "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 16\r\n\r\n0123456789abcdef";
+    assert_eq!(status_of(&raw_request(&host, small).await), 426);
+}

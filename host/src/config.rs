@@ -89,6 +89,15 @@ pub struct RequestLimits {
     /// `431 Request Header Fields Too Large`. Default 8192.
     #[serde(default = "default_max_header_size")]
     pub max_header_size: usize,
+    /// The largest request body accepted, by `content-length`; larger ones get
+    /// `413 Payload Too Large`. -1 (the default) sets no limit. (An upgrade request
+    /// with a body is refused with 400 either way.)
+    #[serde(default = "no_limit")]
+    pub max_entity_body_size: i64,
+}
+
+fn no_limit() -> i64 {
+    -1
 }
 
 impl Default for RequestLimits {
@@ -96,6 +105,7 @@ impl Default for RequestLimits {
         Self {
             max_uri_length: default_max_uri_length(),
             max_header_size: default_max_header_size(),
+            max_entity_body_size: no_limit(),
         }
     }
 }
@@ -250,15 +260,6 @@ impl Config {
         }
         for (index, service) in self.services.iter().enumerate() {
             let field = |name: &str| format!("service[{index}].{name}");
-            if !service.path.starts_with('/') {
-                return Err(format!("{}: must start with '/'", field("path")));
-            }
-            if service.path.contains(['?', '#', ' ']) {
-                return Err(format!(
-                    "{}: must not contain '?', '#' or spaces",
-                    field("path")
-                ));
-            }
             if let Some(other) = self.services[..index]
                 .iter()
                 .position(|s| s.path == service.path)
@@ -269,32 +270,7 @@ impl Config {
                     service.path
                 ));
             }
-            for protocol in &service.subprotocols {
-                if !is_token(protocol) {
-                    return Err(format!(
-                        "{}: {protocol:?} is not a valid subprotocol token",
-                        field("subprotocols")
-                    ));
-                }
-            }
-            seconds(&field("idle_timeout"), service.idle_timeout)?;
-            if service.max_message_size == 0 {
-                return Err(format!("{}: must be positive", field("max_message_size")));
-            }
-            let limits = &service.limits;
-            seconds(&field("limits.callback_timeout"), limits.callback_timeout)?;
-            if limits.callback_timeout == 0.0 {
-                return Err(format!(
-                    "{}: must be positive",
-                    field("limits.callback_timeout")
-                ));
-            }
-            if limits.max_memory < (1 << 16) {
-                return Err(format!(
-                    "{}: must be at least 65536 (one wasm page)",
-                    field("limits.max_memory")
-                ));
-            }
+            service.validate(&format!("service[{index}]"))?;
         }
         Ok(())
     }
@@ -318,6 +294,62 @@ impl ListenerConfig {
 }
 
 impl ServiceConfig {
+    /// Checks the service's own fields; `prefix` names it in messages
+    /// (`service[0]`).
+    pub(crate) fn validate(&self, prefix: &str) -> std::result::Result<(), String> {
+        let service = self;
+        let field = |name: &str| format!("{prefix}.{name}");
+        if !service.path.starts_with('/') {
+            return Err(format!("{}: must start with '/'", field("path")));
+        }
+        if service.path.contains(['?', '#', ' ']) {
+            return Err(format!(
+                "{}: must not contain '?', '#' or spaces",
+                field("path")
+            ));
+        }
+        for protocol in &service.subprotocols {
+            if !is_token(protocol) {
+                return Err(format!(
+                    "{}: {protocol:?} is not a valid subprotocol token",
+                    field("subprotocols")
+                ));
+            }
+        }
+        seconds(&field("idle_timeout"), service.idle_timeout)?;
+        if service.max_message_size == 0 {
+            return Err(format!("{}: must be positive", field("max_message_size")));
+        }
+        let limits = &service.limits;
+        seconds(&field("limits.callback_timeout"), limits.callback_timeout)?;
+        if limits.callback_timeout == 0.0 {
+            return Err(format!(
+                "{}: must be positive",
+                field("limits.callback_timeout")
+            ));
+        }
+        if limits.max_memory < (1 << 16) {
+            return Err(format!(
+                "{}: must be at least 65536 (one wasm page)",
+                field("limits.max_memory")
+            ));
+        }
+        Ok(())
+    }
+
+    /// A service at `path` served by `component`, with the specification's defaults.
+    pub fn new(path: impl Into<String>, component: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            component: component.into(),
+            subprotocols: Vec::new(),
+            idle_timeout: 0.0,
+            max_frame_size: default_max_frame_size(),
+            max_message_size: default_max_message_size(),
+            limits: SandboxLimits::default(),
+        }
+    }
+
     /// The effective frame size limit: the spec's default for zero or negative values.
     pub fn frame_size_limit(&self) -> usize {
         if self.max_frame_size <= 0 {

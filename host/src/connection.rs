@@ -53,7 +53,17 @@ where
             return;
         }
     };
-    let Some(service) = shared.services.get(request.path.as_str()) else {
+    if request.body_exceeds(listener.request_limits.max_entity_body_size) {
+        let _ = http::respond(&mut io, 413, &[], server, "payload too large").await;
+        return;
+    }
+    let service = shared
+        .services
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(request.path.as_str())
+        .cloned();
+    let Some(service) = service else {
         if let Some(files) = &shared.static_files
             && request.upgrade() == Upgrade::NotRequested
         {
@@ -90,7 +100,7 @@ where
     span.record("id", format!("{number:x}"));
     span.record("service", service.config.path.as_str());
     let Some((mut instance, decision)) =
-        upgrade(service, &request, remote, secure, &mut io, server).await
+        upgrade(&service, &request, remote, secure, &mut io, server).await
     else {
         return;
     };
@@ -349,6 +359,10 @@ where
                     continue;
                 }
                 () = self.shutdown.stopping() => {
+                    if self.shutdown.is_immediate() {
+                        debug!("server stopping at once: dropping the connection");
+                        return;
+                    }
                     debug!("server stopping: closing with 1001");
                     let grace = self.shutdown.grace();
                     self.close(1001, "server shutting down", grace).await;

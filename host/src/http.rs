@@ -148,6 +148,17 @@ impl Request {
             .map(|(_, v)| v.as_slice())
     }
 
+    /// Whether the declared body is over `limit` bytes (a negative limit: never).
+    pub(crate) fn body_exceeds(&self, limit: i64) -> bool {
+        let Ok(limit) = u64::try_from(limit) else {
+            return false;
+        };
+        self.header("content-length")
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|length| length > limit)
+    }
+
     /// The single value of header `name`, `None` when absent.
     pub(crate) fn header<'a>(&'a self, name: &'a str) -> Option<&'a [u8]> {
         self.header_values(name).next()
@@ -273,6 +284,7 @@ mod tests {
         RequestLimits {
             max_uri_length: 64,
             max_header_size: 256,
+            max_entity_body_size: -1,
         }
     }
 
@@ -345,6 +357,16 @@ mod tests {
             read(endless_header.as_bytes()).await.unwrap_err(),
             ReadError::HeaderTooLarge
         );
+    }
+
+    #[tokio::test]
+    async fn body_limit() {
+        let (request, _) = read(b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(request.body_exceeds(9));
+        assert!(!request.body_exceeds(10));
+        assert!(!request.body_exceeds(-1));
     }
 
     #[tokio::test]

@@ -23,4 +23,4 @@ pub use config::{
     Config, ListenerConfig, RequestLimits, SandboxLimits, ServiceConfig, StaticFiles,
 };
 pub use error::{Error, Result};
-pub use server::Server;
+pub use server::{Server, ServerHandle};

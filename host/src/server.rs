@@ -33,12 +33,11 @@ pub struct Server {
 /// What every connection task reads.
 pub(crate) struct Shared {
     pub(crate) listener: ListenerConfig,
-    pub(crate) services: HashMap<String, Service>,
+    pub(crate) services: std::sync::RwLock<HashMap<String, Arc<Service>>>,
     pub(crate) static_files: Option<StaticFiles>,
-    pub(crate) shutdown: Shutdown,
+    pub(crate) shutdown: Arc<Shutdown>,
     next_id: AtomicU64,
-    // Keeps the engine's deadline ticker running while the server lives.
-    _runtime: Runtime,
+    runtime: Runtime,
 }
 
 /// A service: its configuration and its loaded component.
@@ -66,10 +65,10 @@ impl Server {
             info!(path = %service.path, component = %service.component.display(), "service loaded");
             services.insert(
                 service.path.clone(),
-                Service {
+                Arc::new(Service {
                     config: service,
                     component,
-                },
+                }),
             );
         }
         let address = config.listener.address();
@@ -81,13 +80,20 @@ impl Server {
             listener,
             shared: Arc::new(Shared {
                 listener: config.listener,
-                services,
+                services: std::sync::RwLock::new(services),
                 static_files: config.static_files,
-                shutdown: Shutdown::new(grace),
+                shutdown: Arc::new(Shutdown::new(grace)),
                 next_id: AtomicU64::new(1),
-                _runtime: runtime,
+                runtime,
             }),
         })
+    }
+
+    /// A handle to attach and detach services and to stop the server while it serves.
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle {
+            shared: self.shared.clone(),
+        }
     }
 
     /// The address the server listens on (useful with port 0).
@@ -112,6 +118,7 @@ impl Server {
             let accepted = tokio::select! {
                 accepted = self.listener.accept() => accepted,
                 () = &mut shutdown => break,
+                () = self.shared.shutdown.requested() => break,
             };
             let (stream, remote) = match accepted {
                 Ok(accepted) => accepted,
@@ -146,9 +153,13 @@ impl Server {
         let open = self.shared.shutdown.active();
         info!(open, "stopping: closing connections with 1001");
         self.shared.shutdown.begin();
-        let grace = self.shared.shutdown.grace();
+        let grace = if self.shared.shutdown.is_immediate() {
+            Duration::ZERO
+        } else {
+            self.shared.shutdown.grace()
+        };
         if tokio::time::timeout(
-            grace + Duration::from_secs(1),
+            grace + Duration::from_millis(200),
             self.shared.shutdown.drained(),
         )
         .await
@@ -164,9 +175,98 @@ impl Server {
     }
 }
 
+/// Manages a serving [`Server`]: Ballerina's `attach`, `detach`, `gracefulStop` and
+/// `immediateStop`. Cheap to clone.
+#[derive(Clone)]
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+}
+
+impl ServerHandle {
+    /// Loads `service`'s component and serves it at its path from now on.
+    ///
+    /// Fails if the configuration is invalid, the component does not load, or the
+    /// path is taken.
+    pub async fn attach(&self, service: ServiceConfig) -> Result<()> {
+        let taken = |path: &str| Error::ConfigInvalid {
+            path: Default::default(),
+            message: format!("service.path: {path:?} is already attached"),
+        };
+        service
+            .validate("service")
+            .map_err(|message| Error::ConfigInvalid {
+                path: Default::default(),
+                message,
+            })?;
+        if self.is_attached(&service.path) {
+            return Err(taken(&service.path));
+        }
+        let component = self
+            .shared
+            .runtime
+            .load(&service.path, &service.component, &service.limits)
+            .await?;
+        let mut services = self
+            .shared
+            .services
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        if services.contains_key(&service.path) {
+            return Err(taken(&service.path));
+        }
+        info!(path = %service.path, "service attached");
+        services.insert(
+            service.path.clone(),
+            Arc::new(Service {
+                config: service,
+                component,
+            }),
+        );
+        Ok(())
+    }
+
+    /// Stops serving `path`: new upgrades there get 404; connections already open
+    /// keep their session until they end. Returns whether a service was attached.
+    pub fn detach(&self, path: &str) -> bool {
+        let removed = self
+            .shared
+            .services
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(path)
+            .is_some();
+        if removed {
+            info!(path, "service detached");
+        }
+        removed
+    }
+
+    /// Whether a service is attached at `path`.
+    pub fn is_attached(&self, path: &str) -> bool {
+        self.shared
+            .services
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(path)
+    }
+
+    /// Stops gracefully, as a completed shutdown future does: `serve_until` stops
+    /// accepting, closes every connection with 1001 and waits up to the grace period.
+    pub fn graceful_stop(&self) {
+        self.shared.shutdown.request(false);
+    }
+
+    /// Stops at once: connections are dropped without a close handshake.
+    pub fn immediate_stop(&self) {
+        self.shared.shutdown.request(true);
+    }
+}
+
 /// Graceful stop: a flag every connection watches, and a count of open connections.
 pub(crate) struct Shutdown {
     stopping: tokio::sync::watch::Sender<bool>,
+    requested: tokio::sync::Notify,
+    immediate: std::sync::atomic::AtomicBool,
     active: Arc<AtomicUsize>,
     drained: Arc<tokio::sync::Notify>,
     grace: Duration,
@@ -176,6 +276,7 @@ pub(crate) struct Shutdown {
 pub(crate) struct ShutdownSignal {
     stopping: tokio::sync::watch::Receiver<bool>,
     grace: Duration,
+    shutdown: Arc<Shutdown>,
 }
 
 /// Counts a connection as open until dropped.
@@ -196,6 +297,8 @@ impl Shutdown {
     fn new(grace: Duration) -> Self {
         Self {
             stopping: tokio::sync::watch::Sender::new(false),
+            requested: tokio::sync::Notify::new(),
+            immediate: std::sync::atomic::AtomicBool::new(false),
             active: Arc::new(AtomicUsize::new(0)),
             drained: Arc::new(tokio::sync::Notify::new()),
             grace,
@@ -218,6 +321,24 @@ impl Shutdown {
         self.stopping.send_replace(true);
     }
 
+    fn request(&self, immediate: bool) {
+        if immediate {
+            self.immediate.store(true, Ordering::Release);
+            // Connections see the flag and drop at once.
+            self.begin();
+        }
+        // `notify_one` keeps a permit if `serve_until` is not waiting yet.
+        self.requested.notify_one();
+    }
+
+    async fn requested(&self) {
+        self.requested.notified().await;
+    }
+
+    pub(crate) fn is_immediate(&self) -> bool {
+        self.immediate.load(Ordering::Acquire)
+    }
+
     fn grace(&self) -> Duration {
         self.grace
     }
@@ -232,10 +353,11 @@ impl Shutdown {
         }
     }
 
-    pub(crate) fn signal(&self) -> ShutdownSignal {
+    pub(crate) fn signal(self: &Arc<Self>) -> ShutdownSignal {
         ShutdownSignal {
             stopping: self.stopping.subscribe(),
             grace: self.grace,
+            shutdown: self.clone(),
         }
     }
 }
@@ -252,9 +374,15 @@ impl ShutdownSignal {
         }
     }
 
-    /// How long a closing connection waits for the peer's close frame.
+    /// How long a closing connection waits for the peer's close frame (never zero,
+    /// which would mean "forever").
     pub(crate) fn grace(&self) -> Duration {
-        self.grace
+        self.grace.max(Duration::from_millis(1))
+    }
+
+    /// Whether the stop is immediate: drop the connection, no close handshake.
+    pub(crate) fn is_immediate(&self) -> bool {
+        self.shutdown.is_immediate()
     }
 }
 
