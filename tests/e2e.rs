@@ -53,15 +53,33 @@ async fn expect_close(client: &mut Client) -> (u16, String) {
     }
 }
 
-/// Sends a raw HTTP request and returns the whole response as text.
+/// Sends a raw HTTP request and returns the response (head and body) as text.
 async fn raw_request(host: &Host, request: &str) -> String {
     let mut stream = TcpStream::connect(host.addr()).await.unwrap();
     stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    tokio::time::timeout(STEP, stream.read_to_end(&mut response))
+    tokio::time::timeout(STEP, read_response(&mut stream))
         .await
         .expect("response in time")
-        .unwrap();
+}
+
+/// Reads one response: the head, then `content-length` bytes of body.
+async fn read_response(stream: &mut TcpStream) -> String {
+    let mut response = Vec::new();
+    while !response.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        if stream.read(&mut byte).await.unwrap() == 0 {
+            break;
+        }
+        response.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&response).to_ascii_lowercase();
+    let length = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length: "))
+        .map_or(0, |n| n.trim().parse().unwrap());
+    let mut body = vec![0; length];
+    stream.read_exact(&mut body).await.unwrap();
+    response.extend_from_slice(&body);
     String::from_utf8_lossy(&response).into_owned()
 }
 
@@ -672,4 +690,75 @@ async fn entity_body_limit() {
     assert_eq!(status_of(&raw_request(&host, big).await), 413);
     let small = "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 16\r\n\r\n0123456789abcdef";
     assert_eq!(status_of(&raw_request(&host, small).await), 426);
+}
+
+/// Spec 2.1 `http1Settings`: plain requests before an upgrade share a kept-alive
+/// connection, `Connection: close` and `keep_alive = "never"` end it, and pipelining
+/// is bounded by `max_pipelined_requests`.
+#[tokio::test]
+async fn http1_keep_alive() {
+    let host = Host::start(&format!(
+        "[listener]\nhost = \"127.0.0.1\"\nport = 0\n\n[listener.http1_settings]\nmax_pipelined_requests = 2\n\n\
+         [[service]]\npath = \"/echo\"\ncomponent = {:?}\n",
+        components::ECHO
+    ));
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut stream = TcpStream::connect(host.addr()).await.unwrap();
+    // Two requests, one after the other, on one connection; then an upgrade on it.
+    stream.write_all(get("/nowhere").as_bytes()).await.unwrap();
+    let first = read_response(&mut stream).await;
+    assert_eq!(status_of(&first), 404);
+    assert!(first.contains("connection: keep-alive"), "{first}");
+    stream.write_all(get("/echo").as_bytes()).await.unwrap();
+    assert_eq!(status_of(&read_response(&mut stream).await), 426);
+    stream
+        .write_all(upgrade_request("/echo", "").as_bytes())
+        .await
+        .unwrap();
+    let upgraded = read_response(&mut stream).await;
+    assert!(upgraded.starts_with("HTTP/1.1 101"), "{upgraded}");
+    stream
+        .write_all(&client_frame(0x1, b"same socket"))
+        .await
+        .unwrap();
+    assert_eq!(
+        server_frame(&mut stream).await,
+        (0x1, b"same socket".to_vec())
+    );
+
+    // The client asks to close.
+    let closing = raw_request(
+        &host,
+        "GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(closing.contains("connection: close"), "{closing}");
+
+    // Pipelined: three requests in one burst; with a limit of 2 the host answers two
+    // and closes with the second answer, dropping the third.
+    let mut stream = TcpStream::connect(host.addr()).await.unwrap();
+    let three = format!("{}{}{}", get("/a"), get("/b"), get("/c"));
+    stream.write_all(three.as_bytes()).await.unwrap();
+    let mut all = String::new();
+    tokio::time::timeout(STEP, stream.read_to_string(&mut all))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(all.matches("HTTP/1.1 404").count(), 2, "{all}");
+    assert!(all.ends_with("no service at this path"), "{all}");
+    assert_eq!(all.matches("connection: close").count(), 1, "{all}");
+
+    let never = Host::start(&format!(
+        "[listener]\nhost = \"127.0.0.1\"\nport = 0\n\n[listener.http1_settings]\nkeep_alive = \"never\"\n\n\
+         [[service]]\npath = \"/echo\"\ncomponent = {:?}\n",
+        components::ECHO
+    ));
+    let mut stream = TcpStream::connect(never.addr()).await.unwrap();
+    stream.write_all(get("/nowhere").as_bytes()).await.unwrap();
+    let mut all = String::new();
+    tokio::time::timeout(STEP, stream.read_to_string(&mut all))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(all.contains("connection: close"), "{all}");
 }

@@ -66,6 +66,10 @@ pub struct ListenerConfig {
     /// Size limits on the upgrade request.
     #[serde(default)]
     pub request_limits: RequestLimits,
+    /// HTTP/1.x settings for the requests before an upgrade (Ballerina's
+    /// `ListenerHttp1Settings`).
+    #[serde(default)]
+    pub http1_settings: Http1Settings,
     /// Seconds a graceful stop (SIGTERM, SIGINT) waits for connections to finish
     /// their close handshakes after sending them 1001 Going Away. Default 10.
     #[serde(default = "default_grace_period")]
@@ -74,6 +78,63 @@ pub struct ListenerConfig {
 
 fn default_grace_period() -> f64 {
     10.0
+}
+
+/// Ballerina's `ListenerHttp1Settings`, as they apply to the plain HTTP requests a
+/// connection makes before (or instead of) upgrading: 404, 426, static files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Http1Settings {
+    /// `auto` keeps a connection open unless the client asks to close it, `always`
+    /// keeps it open, `never` closes it after each response. Default `auto`.
+    #[serde(default)]
+    pub keep_alive: KeepAlive,
+    /// How many requests of one pipelined burst (each sent before the answer to the
+    /// previous one) the host answers; the answer that reaches the limit closes the
+    /// connection and the rest of the burst is dropped. Default 10.
+    #[serde(default = "default_max_pipelined_requests")]
+    pub max_pipelined_requests: usize,
+}
+
+impl Default for Http1Settings {
+    fn default() -> Self {
+        Self {
+            keep_alive: KeepAlive::default(),
+            max_pipelined_requests: default_max_pipelined_requests(),
+        }
+    }
+}
+
+fn default_max_pipelined_requests() -> usize {
+    10
+}
+
+impl Http1Settings {
+    /// Whether to keep the connection open after answering a request.
+    pub fn keeps_alive(&self, client_wants_close: bool) -> bool {
+        match self.keep_alive {
+            KeepAlive::Auto => !client_wants_close,
+            KeepAlive::Always => true,
+            KeepAlive::Never => false,
+        }
+    }
+}
+
+/// Ballerina's `KeepAlive`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeepAlive {
+    /// Respect the client's `Connection` header.
+    #[default]
+    #[serde(alias = "KEEPALIVE_AUTO")]
+    Auto,
+    /// Keep the connection open.
+    #[serde(alias = "KEEPALIVE_ALWAYS")]
+    Always,
+    /// Close after each response.
+    #[serde(alias = "KEEPALIVE_NEVER")]
+    Never,
 }
 
 /// Ballerina's `RequestLimitConfigs`: limits on the upgrade request.

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::SinkExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, info, warn};
@@ -22,85 +22,155 @@ use crate::topics::{self, Published};
 /// (an error or a trap), rather than one the session asked for with a timeout.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Serves one accepted TCP connection.
+/// Serves one accepted TCP connection: plain HTTP requests (kept alive as
+/// `http1_settings` says) until one upgrades to a WebSocket.
 pub(crate) async fn serve<S>(shared: &Shared, mut io: S, remote: SocketAddr, secure: bool)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let listener = &shared.listener;
     let server = listener.server.as_deref();
-    let read = http::read_request(&mut io, &listener.request_limits);
-    let read = match listener.request_timeout() {
-        Some(limit) => match tokio::time::timeout(limit, read).await {
-            Ok(read) => read,
-            Err(_) => {
-                debug!(%remote, "upgrade request timed out");
-                let _ = http::respond(&mut io, 408, &[], server, "request timeout").await;
+    let mut buf = BytesMut::new();
+    // Requests answered in a row that had arrived before their predecessor's answer.
+    let mut pipelined = 0;
+    let mut first = true;
+    loop {
+        let read = http::read_request(&mut io, &listener.request_limits, &mut buf);
+        let read = match listener.request_timeout() {
+            Some(limit) => match tokio::time::timeout(limit, read).await {
+                Ok(read) => read,
+                Err(_) => {
+                    // An idle kept-alive connection just ends; a slow request gets 408.
+                    if first || !buf.is_empty() {
+                        debug!(%remote, "request timed out");
+                        let _ = http::respond(&mut io, 408, &[], server, "request timeout").await;
+                    }
+                    return;
+                }
+            },
+            None => read.await,
+        };
+        first = false;
+        let request = match read {
+            Ok(request) => request,
+            Err(error) => {
+                if let Some((status, body)) = error.response() {
+                    debug!(%remote, status, "rejected request: {body}");
+                    let _ = http::respond(&mut io, status, &[], server, body).await;
+                } else if error != ReadError::Closed {
+                    debug!(%remote, ?error, "bad request");
+                }
                 return;
             }
-        },
-        None => read.await,
-    };
-    let (request, leftover) = match read {
-        Ok(read) => read,
-        Err(error) => {
-            if let Some((status, body)) = error.response() {
-                debug!(%remote, status, "rejected request: {body}");
-                let _ = http::respond(&mut io, status, &[], server, body).await;
-            } else if error != ReadError::Closed {
-                debug!(%remote, ?error, "bad request");
-            }
+        };
+        if request.body_exceeds(listener.request_limits.max_entity_body_size) {
+            let _ = http::respond(&mut io, 413, &[], server, "payload too large").await;
             return;
         }
-    };
-    if request.body_exceeds(listener.request_limits.max_entity_body_size) {
-        let _ = http::respond(&mut io, 413, &[], server, "payload too large").await;
-        return;
-    }
-    let service = shared
-        .services
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(request.path.as_str())
-        .cloned();
-    let Some(service) = service else {
-        if let Some(files) = &shared.static_files
-            && request.upgrade() == Upgrade::NotRequested
+        let service = shared
+            .services
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(request.path.as_str())
+            .cloned();
+        let upgrade = request.upgrade();
+        if let (Some(service), Upgrade::WebSocket { key }) = (&service, &upgrade) {
+            let leftover = buf.split().freeze();
+            websocket(shared, service, io, &request, key, leftover, remote, secure).await;
+            return;
+        }
+
+        // A plain HTTP exchange; the body, if any, is not used.
+        let Some(body_length) = request.body_length() else {
+            let _ = http::respond(
+                &mut io,
+                400,
+                &[],
+                server,
+                "request bodies must have a content-length",
+            )
+            .await;
+            return;
+        };
+        if http::discard_body(&mut io, &mut buf, body_length)
+            .await
+            .is_err()
         {
-            match crate::files::serve(files, &request, &mut io, server).await {
-                Ok(true) | Err(_) => return,
-                Ok(false) => {}
+            return;
+        }
+        pipelined = if buf.is_empty() { 0 } else { pipelined + 1 };
+        let settings = &listener.http1_settings;
+        let mut keep_alive = settings.keeps_alive(request.wants_close())
+            && pipelined < settings.max_pipelined_requests;
+        let answered = match (service, upgrade) {
+            (Some(_), Upgrade::NotRequested) => {
+                let headers = [("upgrade", "websocket"), ("sec-websocket-version", "13")];
+                let body = "this is a WebSocket endpoint: upgrade required";
+                http::respond_with(&mut io, 426, &headers, server, body, keep_alive).await
             }
-        }
-        let _ = http::respond(&mut io, 404, &[], server, "no service at this path").await;
-        return;
-    };
-    let key = match request.upgrade() {
-        Upgrade::WebSocket { key } => key,
-        Upgrade::NotRequested => {
-            let headers = [("upgrade", "websocket"), ("sec-websocket-version", "13")];
-            let body = "this is a WebSocket endpoint: upgrade required";
-            let _ = http::respond(&mut io, 426, &headers, server, body).await;
+            (Some(_), Upgrade::UnsupportedVersion) => {
+                let headers = [("sec-websocket-version", "13")];
+                let body = "unsupported WebSocket version; this server speaks 13";
+                http::respond_with(&mut io, 426, &headers, server, body, keep_alive).await
+            }
+            (Some(_), Upgrade::Invalid(why)) => {
+                keep_alive = false;
+                http::respond(&mut io, 400, &[], server, why).await
+            }
+            (None, Upgrade::NotRequested) if shared.static_files.is_some() => {
+                let files = shared.static_files.as_ref().expect("checked");
+                match crate::files::serve(files, &request, &mut io, server, keep_alive).await {
+                    Ok(true) => Ok(()),
+                    Ok(false) => {
+                        http::respond_with(&mut io, 404, &[], server, "not found", keep_alive).await
+                    }
+                    Err(error) => Err(error),
+                }
+            }
+            (None, _) | (Some(_), Upgrade::WebSocket { .. }) => {
+                http::respond_with(
+                    &mut io,
+                    404,
+                    &[],
+                    server,
+                    "no service at this path",
+                    keep_alive,
+                )
+                .await
+            }
+        };
+        if answered.is_err() || !keep_alive {
             return;
         }
-        Upgrade::UnsupportedVersion => {
-            let headers = [("sec-websocket-version", "13")];
-            let body = "unsupported WebSocket version; this server speaks 13";
-            let _ = http::respond(&mut io, 426, &headers, server, body).await;
-            return;
-        }
-        Upgrade::Invalid(why) => {
-            let _ = http::respond(&mut io, 400, &[], server, why).await;
-            return;
-        }
-    };
+    }
+}
+
+/// Runs the upgrade hook, answers `101` and serves the WebSocket connection.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; the pieces of one request"
+)]
+async fn websocket<S>(
+    shared: &Shared,
+    service: &Service,
+    mut io: S,
+    request: &Request,
+    key: &[u8],
+    leftover: Bytes,
+    remote: SocketAddr,
+    secure: bool,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let listener = &shared.listener;
+    let server = listener.server.as_deref();
     let accept = engine::accept_key(key);
     let number = shared.next_connection_number();
     let span = tracing::Span::current();
     span.record("id", format!("{number:x}"));
     span.record("service", service.config.path.as_str());
     let Some((mut instance, decision)) =
-        upgrade(&service, &request, remote, secure, &mut io, server).await
+        upgrade(service, request, remote, secure, &mut io, server).await
     else {
         return;
     };

@@ -9,13 +9,14 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use crate::config::StaticFiles;
 use crate::http::{self, Request};
 
-/// Answers `request` from the static directory. Returns `false` when the path is not
-/// under the configured prefix, so the caller answers 404 itself.
+/// Answers `request` from the static directory. Returns `false` when there is no such
+/// file, so the caller answers 404 itself.
 pub(crate) async fn serve<S>(
     files: &StaticFiles,
     request: &Request,
     io: &mut S,
     server: Option<&str>,
+    keep_alive: bool,
 ) -> std::io::Result<bool>
 where
     S: AsyncWrite + Unpin,
@@ -35,23 +36,20 @@ where
         return Ok(true);
     }
     let Some(mut file) = resolve(&files.dir, relative) else {
-        http::respond(io, 404, &[], server, "not found").await?;
-        return Ok(true);
+        return Ok(false);
     };
     if tokio::fs::metadata(&file).await.is_ok_and(|m| m.is_dir()) {
         file.push("index.html");
     }
     let body = match tokio::fs::read(&file).await {
         Ok(body) => body,
-        Err(_) => {
-            http::respond(io, 404, &[], server, "not found").await?;
-            return Ok(true);
-        }
+        Err(_) => return Ok(false),
     };
     let mut head = format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: {}\r\ncontent-length: {}\r\ncache-control: no-cache\r\nx-content-type-options: nosniff\r\nconnection: close\r\n",
+        "HTTP/1.1 200 OK\r\ncontent-type: {}\r\ncontent-length: {}\r\ncache-control: no-cache\r\nx-content-type-options: nosniff\r\nconnection: {}\r\n",
         content_type(&file),
-        body.len()
+        body.len(),
+        if keep_alive { "keep-alive" } else { "close" }
     );
     if let Some(server) = server {
         head.push_str(&format!("server: {server}\r\n"));
@@ -61,7 +59,11 @@ where
     if request.method == "GET" {
         io.write_all(&body).await?;
     }
-    io.shutdown().await?;
+    if keep_alive {
+        io.flush().await?;
+    } else {
+        io.shutdown().await?;
+    }
     Ok(true)
 }
 

@@ -3,7 +3,9 @@
 
 use std::fmt::Write as _;
 
-use bytes::{Bytes, BytesMut};
+#[cfg(test)]
+use bytes::Bytes;
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::config::RequestLimits;
@@ -48,26 +50,35 @@ impl ReadError {
     }
 }
 
-/// Reads one request head from `io`. Returns the request and any bytes read past the
-/// head (a client may send frames right after its upgrade request).
+/// Reads one request head from `io`, starting with what `buf` already holds (bytes of
+/// an earlier read on this connection). On success `buf` holds what followed the head:
+/// a body, the next pipelined request, or frames a client sent right after its
+/// upgrade request.
 pub(crate) async fn read_request<S>(
     io: &mut S,
     limits: &RequestLimits,
-) -> Result<(Request, Bytes), ReadError>
+    buf: &mut BytesMut,
+) -> Result<Request, ReadError>
 where
     S: AsyncRead + Unpin,
 {
     // The request line is bounded by the URI limit, the fields by the header limit.
     let max_head = limits.max_uri_length + limits.max_header_size + 32;
-    let mut buf = BytesMut::with_capacity(1024.min(max_head));
     loop {
+        if !buf.is_empty()
+            && let Some((request, head_len)) = parse(buf, limits)?
+        {
+            let _ = buf.split_to(head_len);
+            return Ok(request);
+        }
         if buf.len() >= max_head {
-            return Err(too_large(&buf, limits));
+            return Err(too_large(buf, limits));
         }
         let room = max_head - buf.len();
+        buf.reserve(1024.min(room));
         let n = (&mut *io)
             .take(room as u64)
-            .read_buf(&mut buf)
+            .read_buf(buf)
             .await
             .map_err(|_| ReadError::Closed)?;
         if n == 0 {
@@ -77,11 +88,28 @@ where
                 ReadError::Malformed("connection closed inside the request head")
             });
         }
-        if let Some((request, head_len)) = parse(&buf, limits)? {
-            let leftover = buf.split_off(head_len).freeze();
-            return Ok((request, leftover));
+    }
+}
+
+/// Reads and drops a request body of `length` bytes, part of which may be in `buf`.
+pub(crate) async fn discard_body<S>(
+    io: &mut S,
+    buf: &mut BytesMut,
+    length: u64,
+) -> std::io::Result<()>
+where
+    S: AsyncRead + Unpin,
+{
+    let buffered = (buf.len() as u64).min(length);
+    let _ = buf.split_to(buffered as usize);
+    let rest = length - buffered;
+    if rest > 0 {
+        let copied = tokio::io::copy(&mut (&mut *io).take(rest), &mut tokio::io::sink()).await?;
+        if copied < rest {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
     }
+    Ok(())
 }
 
 fn parse(buf: &[u8], limits: &RequestLimits) -> Result<Option<(Request, usize)>, ReadError> {
@@ -146,6 +174,23 @@ impl Request {
             .iter()
             .filter(move |(n, _)| n == name)
             .map(|(_, v)| v.as_slice())
+    }
+
+    /// The declared body length: `Some(0)` without one, `None` when it cannot be
+    /// known (chunked, or an unparsable length).
+    pub(crate) fn body_length(&self) -> Option<u64> {
+        if self.header("transfer-encoding").is_some() {
+            return None;
+        }
+        match self.header("content-length") {
+            None => Some(0),
+            Some(value) => std::str::from_utf8(value).ok()?.trim().parse().ok(),
+        }
+    }
+
+    /// Whether the client asked to close the connection after this request.
+    pub(crate) fn wants_close(&self) -> bool {
+        self.has_token("connection", "close")
     }
 
     /// Whether the declared body is over `limit` bytes (a negative limit: never).
@@ -260,6 +305,21 @@ pub(crate) async fn respond<S>(
 where
     S: AsyncWrite + Unpin,
 {
+    respond_with(io, status, extra_headers, server, body, false).await
+}
+
+/// Writes a complete plain-text response; closes the write side unless `keep_alive`.
+pub(crate) async fn respond_with<S>(
+    io: &mut S,
+    status: u16,
+    extra_headers: &[(&str, &str)],
+    server: Option<&str>,
+    body: &str,
+    keep_alive: bool,
+) -> std::io::Result<()>
+where
+    S: AsyncWrite + Unpin,
+{
     let mut head = format!("HTTP/1.1 {status} {}\r\n", reason_phrase(status));
     for (name, value) in extra_headers {
         let _ = write!(head, "{name}: {value}\r\n");
@@ -267,13 +327,18 @@ where
     if let Some(server) = server {
         let _ = write!(head, "server: {server}\r\n");
     }
+    let connection = if keep_alive { "keep-alive" } else { "close" };
     let _ = write!(
         head,
-        "content-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "content-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: {connection}\r\n\r\n{body}",
         body.len()
     );
     io.write_all(head.as_bytes()).await?;
-    io.shutdown().await
+    if keep_alive {
+        io.flush().await
+    } else {
+        io.shutdown().await
+    }
 }
 
 #[cfg(test)]
@@ -290,7 +355,9 @@ mod tests {
 
     async fn read(input: &[u8]) -> Result<(Request, Bytes), ReadError> {
         let mut io = input;
-        read_request(&mut io, &limits()).await
+        let mut buf = BytesMut::new();
+        let request = read_request(&mut io, &limits(), &mut buf).await?;
+        Ok((request, buf.freeze()))
     }
 
     const UPGRADE: &str = "GET /echo?room=1 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
@@ -357,6 +424,20 @@ mod tests {
             read(endless_header.as_bytes()).await.unwrap_err(),
             ReadError::HeaderTooLarge
         );
+    }
+
+    #[tokio::test]
+    async fn pipelined_requests_are_read_one_by_one() {
+        let mut io: &[u8] =
+            b"GET /a HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET /b HTTP/1.1\r\n\r\n";
+        let mut buf = BytesMut::new();
+        let first = read_request(&mut io, &limits(), &mut buf).await.unwrap();
+        assert_eq!(first.path, "/a");
+        assert_eq!(first.body_length(), Some(3));
+        discard_body(&mut io, &mut buf, 3).await.unwrap();
+        let second = read_request(&mut io, &limits(), &mut buf).await.unwrap();
+        assert_eq!(second.path, "/b");
+        assert!(buf.is_empty());
     }
 
     #[tokio::test]

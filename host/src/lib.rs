@@ -20,7 +20,8 @@ mod server;
 mod topics;
 
 pub use config::{
-    Config, ListenerConfig, RequestLimits, SandboxLimits, ServiceConfig, StaticFiles,
+    Config, Http1Settings, KeepAlive, ListenerConfig, RequestLimits, SandboxLimits, ServiceConfig,
+    StaticFiles,
 };
 pub use error::{Error, Result};
 pub use server::{Server, ServerHandle};
