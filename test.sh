@@ -2,7 +2,8 @@
 # Sets up everything and runs every test: formatting and lints, unit tests, the
 # end-to-end tests that start the real host binary with real guest components, the
 # client's behaviour tests natively and in headless Chromium, the www/ front end in
-# Chromium (Playwright), and the native client against the Autobahn TestSuite.
+# Chromium (Playwright), and the host and the native client against the Autobahn
+# TestSuite.
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/setup.sh
@@ -19,6 +20,9 @@ cargo test --release --workspace
 
 echo "== browser tests"
 scripts/browser-tests.sh
+
+echo "== Autobahn: the host with the echo component (all cases but 12.*, 13.*)"
+scripts/autobahn-host.sh
 
 echo "== Autobahn: native client (all cases but 12.*, 13.*)"
 scripts/autobahn-client.sh

@@ -322,7 +322,9 @@ impl codec::Decoder for Decoder {
         if opcode.is_control() && !fin {
             return Err(WebSocketError::ControlFrameFragmented);
         }
-        if opcode == OpCode::Ping && payload_len > 125 {
+        // Every control frame (ping, pong, close) carries at most 125 bytes
+        // (RFC 6455 §5.5), not only pings.
+        if opcode.is_control() && payload_len > 125 {
             return Err(WebSocketError::PingFrameTooLarge);
         }
         if payload_len >= self.max_payload_size {

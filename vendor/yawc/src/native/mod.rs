@@ -481,6 +481,19 @@ pub(super) struct FragmentationState {
     opcode: OpCode,
     is_compressed: bool,
     bytes_read: usize,
+    /// How much of a text message's buffer is known to be valid UTF-8.
+    utf8_valid_up_to: usize,
+}
+
+/// Checks the bytes of a text message received so far, from `from` on, and returns
+/// how far they are valid. A multi-byte character cut at the end is not an error yet:
+/// its rest may come in the next fragment.
+fn check_utf8_prefix(buffer: &[u8], from: usize) -> Result<usize> {
+    match std::str::from_utf8(&buffer[from..]) {
+        Ok(_) => Ok(buffer.len()),
+        Err(error) if error.error_len().is_none() => Ok(from + error.valid_up_to()),
+        Err(_) => Err(WebSocketError::InvalidUTF8),
+    }
 }
 
 /// Handles fragmentation and defragmentation of WebSocket frames.
@@ -564,7 +577,7 @@ impl FragmentLayer {
     /// - `Ok(Some(frame))` if a complete frame is ready (either non-fragmented or fully reassembled)
     /// - `Ok(None)` if this is a fragment and we're still waiting for more
     /// - `Err` if there's a protocol violation or timeout
-    fn assemble_incoming(&mut self, mut frame: Frame) -> Result<Option<Frame>> {
+    fn assemble_incoming(&mut self, mut frame: Frame, check_utf8: bool) -> Result<Option<Frame>> {
         #[cfg(test)]
         println!(
             "<<Fragmentation<< OpCode={:?} fin={} len={}",
@@ -584,11 +597,19 @@ impl FragmentLayer {
                 if !frame.fin {
                     self.incoming_buffer.clear();
                     self.incoming_buffer.extend_from_slice(&frame.payload);
+                    // Fail fast on invalid UTF-8 (RFC 6455 §8.1): check each
+                    // fragment as it comes, not only the whole message.
+                    let utf8_valid_up_to = if check_utf8 && frame.opcode == OpCode::Text {
+                        check_utf8_prefix(&self.incoming_buffer, 0)?
+                    } else {
+                        0
+                    };
                     let fragmentation = FragmentationState {
                         started: Instant::now(),
                         opcode: frame.opcode,
                         is_compressed: frame.is_compressed,
                         bytes_read: frame.payload.len(),
+                        utf8_valid_up_to,
                     };
                     self.incoming_fragment = Some(fragmentation);
 
@@ -619,6 +640,10 @@ impl FragmentLayer {
                 }
 
                 self.incoming_buffer.extend_from_slice(&frame.payload);
+                if check_utf8 && fragment.opcode == OpCode::Text && !frame.fin {
+                    fragment.utf8_valid_up_to =
+                        check_utf8_prefix(&self.incoming_buffer, fragment.utf8_valid_up_to)?;
+                }
 
                 if frame.fin {
                     // Assemble complete message
@@ -1336,7 +1361,7 @@ where
     }
 
     fn on_frame(&mut self, frame: Frame) -> Result<Option<Frame>> {
-        let frame = match self.fragment_layer.assemble_incoming(frame)? {
+        let frame = match self.fragment_layer.assemble_incoming(frame, self.check_utf8)? {
             Some(frame) => frame,
             None => return Ok(None), // Still waiting for more fragments
         };

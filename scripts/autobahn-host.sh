@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The host (echo component) against the Autobahn TestSuite (fuzzingclient mode).
+#   scripts/autobahn-host.sh          all cases except the compression ones (12.*, 13.*)
+#   scripts/autobahn-host.sh --full   every case (12.* and 13.* take 15-20 minutes)
+# Fails unless every case is OK or INFORMATIONAL (NON-STRICT allowed; see
+# docs/conformance.md). The Autobahn limits (16 MiB messages) are this run's
+# configuration, not the host's defaults.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup.sh
+
+kit="${AUTOBAHN_KIT:-}"
+for candidate in "$(cd .. && pwd)/shared/autobahn" /work/shared/autobahn; do
+    [ -z "$kit" ] && [ -x "$candidate/install.sh" ] && kit="$candidate"
+done
+[ -n "$kit" ] || { echo "error: the Autobahn kit (shared/autobahn) was not found; set AUTOBAHN_KIT" >&2; exit 1; }
+dir="${AUTOBAHN_DIR:-$HOME/.cache/autobahn}"
+"$kit/install.sh" "$dir" >/dev/null
+
+cargo build --release -p wasmsocket-host
+cargo build --release --target wasm32-wasip2 -p echo
+work=$(mktemp -d)
+cat > "$work/wasmsocket.toml" <<TOML
+[listener]
+host = "127.0.0.1"
+port = 0
+
+[[service]]
+path = "/echo"
+component = "$CARGO_TARGET_DIR/wasm32-wasip2/release/echo.wasm"
+max_frame_size = 16777216
+max_message_size = 16777216
+TOML
+RUST_LOG=error "$CARGO_TARGET_DIR/release/wasmsocket" serve --config "$work/wasmsocket.toml" > "$work/host.out" &
+host_pid=$!
+trap 'kill "$host_pid" 2>/dev/null || true; rm -rf "$work"' EXIT
+for _ in $(seq 100); do
+    grep -q "listening on" "$work/host.out" 2>/dev/null && break
+    sleep 0.1
+done
+addr=$(sed -n 's/^wasmsocket listening on //p' "$work/host.out")
+exclude='["12.*", "13.*"]'
+[ "${1:-}" = "--full" ] && exclude='[]'
+cat > "$work/spec.json" <<JSON
+{"outdir": "$work/reports/servers",
+ "servers": [{"agent": "wasmsocket", "url": "ws://$addr/echo"}],
+ "cases": ["*"], "exclude-cases": $exclude, "exclude-agent-cases": {}}
+JSON
+(cd "$work" && "$dir/venv27/bin/python" "$kit/wstest_local.py" -m fuzzingclient -s spec.json > wstest.log 2>&1)
+if [ -n "${AUTOBAHN_REPORTS:-}" ]; then
+    rm -rf "$AUTOBAHN_REPORTS" && cp -r "$work/reports/servers" "$AUTOBAHN_REPORTS"
+fi
+python3 "$kit/check_results.py" "$work/reports/servers/index.json" --allow-nonstrict
