@@ -762,3 +762,99 @@ async fn http1_keep_alive() {
         .unwrap();
     assert!(all.contains("connection: close"), "{all}");
 }
+
+/// Spec 3.2.1: a remote function's returned value is sent back; a returned close
+/// frame closes.
+#[tokio::test]
+async fn replies_by_return_value() {
+    let host = faulty_host("");
+    let mut client = connect(&host.url("/faulty")).await;
+    client
+        .send(Message::text("reply hello there"))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut client).await, Message::text("hello there"));
+    client
+        .send(Message::text("reply-close 4100 done with you"))
+        .await
+        .unwrap();
+    assert_eq!(
+        expect_close(&mut client).await,
+        (4100, "done with you".to_owned())
+    );
+}
+
+/// Spec 3.2.1 `onClose` and `onError`: the session hears the peer's close frame (code
+/// and reason), an abnormal drop (1006), and a protocol failure after the host's close
+/// frame. The faulty component reports them on a topic a watcher subscribes to.
+#[tokio::test]
+async fn on_close_and_on_error() {
+    let host = faulty_host("max_frame_size = 100");
+    let mut watcher = connect(&host.url("/faulty")).await;
+    watcher.send(Message::text("watch")).await.unwrap();
+    assert_eq!(next(&mut watcher).await, Message::text("watching"));
+
+    let mut polite = connect(&host.url("/faulty")).await;
+    polite
+        .close(Some(CloseFrame {
+            code: CloseCode::Library(4005),
+            reason: "bye bye".into(),
+        }))
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut watcher).await,
+        Message::text("on_close 4005 bye bye")
+    );
+
+    let rude = connect(&host.url("/faulty")).await;
+    drop(rude);
+    assert_eq!(next(&mut watcher).await, Message::text("on_close 1006 "));
+
+    // Too large a frame: the client gets 1009 first, then the session's on_error runs.
+    let mut oversized = connect(&host.url("/faulty")).await;
+    oversized
+        .send(Message::text("x".repeat(101)))
+        .await
+        .unwrap();
+    assert_eq!(expect_close(&mut oversized).await.0, 1009);
+    let report = next(&mut watcher).await.into_text().unwrap();
+    assert!(report.starts_with("on_error "), "{report}");
+}
+
+/// Spec 2.1 `timeout` and `server`: a request that does not arrive in time gets 408;
+/// every response names the server.
+#[tokio::test]
+async fn listener_timeout_and_server_header() {
+    let host = Host::start(&format!(
+        "[listener]\nhost = \"127.0.0.1\"\nport = 0\ntimeout = 0.3\nserver = \"wasmsocket-test\"\n\n\
+         [[service]]\npath = \"/echo\"\ncomponent = {:?}\nsubprotocols = [\"chat.v2\", \"chat.v1\"]\n",
+        components::ECHO
+    ));
+    let mut slow = TcpStream::connect(host.addr()).await.unwrap();
+    slow.write_all(b"GET /echo HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let response = tokio::time::timeout(STEP, read_response(&mut slow))
+        .await
+        .unwrap();
+    assert_eq!(status_of(&response), 408, "{response}");
+    assert!(response.contains("server: wasmsocket-test"), "{response}");
+
+    // Spec 3.1.1 `subProtocols`: the component chooses none, so the host agrees on
+    // the first the client offered among the configured ones.
+    let (_, head) = raw_upgrade(
+        &host,
+        "/echo",
+        "Sec-WebSocket-Protocol: x, chat.v1, chat.v2\r\n",
+        b"",
+    )
+    .await;
+    assert!(
+        head.contains("sec-websocket-protocol: chat.v1\r\n"),
+        "{head}"
+    );
+    assert!(head.contains("server: wasmsocket-test\r\n"), "{head}");
+    let (_, head) = raw_upgrade(&host, "/echo", "Sec-WebSocket-Protocol: x\r\n", b"").await;
+    assert!(!head.contains("sec-websocket-protocol"), "{head}");
+}

@@ -17,8 +17,8 @@
 //!         Ok(Echo.into())
 //!     }
 //!
-//!     fn on_text_message(&mut self, caller: &Caller, text: String) -> Result {
-//!         Ok(caller.write_text(&text)?)
+//!     fn on_text_message(&mut self, _caller: &Caller, text: String) -> Result<Reply> {
+//!         Ok(Reply::Text(text))
 //!     }
 //! }
 //! ```
@@ -56,7 +56,8 @@ pub use types::Callbacks;
 /// What most services need: `use wasmsocket_guest::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        Accept, Caller, CallerError, Data, Error, Result, Service, UpgradeError, UpgradeRequest,
+        Accept, Caller, CallerError, Data, Error, Reply, Result, Service, UpgradeError,
+        UpgradeRequest,
     };
 }
 
@@ -81,13 +82,13 @@ pub trait Service: Sized + 'static {
 
     /// A text message arrived (fragments joined, UTF-8 checked). Unless implemented,
     /// it goes to [`on_message`](Service::on_message).
-    fn on_text_message(&mut self, caller: &Caller, text: String) -> Result {
+    fn on_text_message(&mut self, caller: &Caller, text: String) -> Result<Reply> {
         self.on_message(caller, Data(Message::Text(text)))
     }
 
     /// A binary message arrived (fragments joined). Unless implemented, it goes to
     /// [`on_message`](Service::on_message).
-    fn on_binary_message(&mut self, caller: &Caller, data: Vec<u8>) -> Result {
+    fn on_binary_message(&mut self, caller: &Caller, data: Vec<u8>) -> Result<Reply> {
         self.on_message(caller, Data(Message::Binary(data)))
     }
 
@@ -95,9 +96,12 @@ pub trait Service: Sized + 'static {
     /// `on_binary_message` takes: Ballerina's `onMessage`. Bind it to a type with
     /// [`Data::bind`]; a failed binding returned with `?` closes the connection with
     /// 1003, as the specification says.
-    fn on_message(&mut self, caller: &Caller, data: Data) -> Result {
+    ///
+    /// Like the other message callbacks it may return a [`Reply`], sent back on the
+    /// same connection: Ballerina's returned value.
+    fn on_message(&mut self, caller: &Caller, data: Data) -> Result<Reply> {
         let _ = (caller, data);
-        Ok(())
+        Ok(Reply::None)
     }
 
     /// A ping arrived. Implementing this makes answering it yours: call
@@ -184,6 +188,73 @@ impl Data {
     /// Whether this is a binary message.
     pub fn is_binary(&self) -> bool {
         matches!(self.0, Message::Binary(_))
+    }
+}
+
+/// What a message callback sends back, as a Ballerina remote function's return value
+/// is: nothing, a text or binary message, any value (JSON), or a close frame.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Reply {
+    /// Send nothing.
+    #[default]
+    None,
+    /// Send a text message.
+    Text(String),
+    /// Send a binary message.
+    Binary(Vec<u8>),
+    /// Close the connection with this code and reason (waiting up to 60 s for the
+    /// peer's close frame).
+    Close {
+        /// The close code (1000-1003, 1007-1014, 3000-4999).
+        code: u16,
+        /// The reason, at most 123 bytes.
+        reason: String,
+    },
+}
+
+impl Reply {
+    /// A reply carrying `value` framed as [`Caller::write_message`] frames it:
+    /// strings as they are, byte strings as binary, everything else as JSON.
+    pub fn message<T: serde::Serialize + ?Sized>(value: &T) -> Result<Reply> {
+        match wasmsocket_binding::to_message(value) {
+            Ok(Message::Text(text)) => Ok(Reply::Text(text)),
+            Ok(Message::Binary(data)) => Ok(Reply::Binary(data)),
+            Err(error) => Err(Error::Internal(format!("reply: {error}"))),
+        }
+    }
+
+    fn send(self, caller: &Caller) -> Result {
+        match self {
+            Reply::None => Ok(()),
+            Reply::Text(text) => Ok(caller.write_text(&text)?),
+            Reply::Binary(data) => Ok(caller.write_binary(&data)?),
+            Reply::Close { code, reason } => Ok(caller.close(code, &reason)?),
+        }
+    }
+}
+
+impl From<()> for Reply {
+    fn from((): ()) -> Self {
+        Reply::None
+    }
+}
+
+impl From<String> for Reply {
+    fn from(text: String) -> Self {
+        Reply::Text(text)
+    }
+}
+
+impl From<&str> for Reply {
+    fn from(text: &str) -> Self {
+        Reply::Text(text.to_owned())
+    }
+}
+
+impl From<Vec<u8>> for Reply {
+    fn from(data: Vec<u8>) -> Self {
+        Reply::Binary(data)
     }
 }
 
@@ -630,11 +701,11 @@ pub mod __private {
         }
 
         fn on_text_message(&self, caller: &imports::Caller, data: String) -> Outcome {
-            self.with(caller, |s, c| s.on_text_message(c, data))
+            self.with(caller, |s, c| s.on_text_message(c, data)?.send(c))
         }
 
         fn on_binary_message(&self, caller: &imports::Caller, data: Vec<u8>) -> Outcome {
-            self.with(caller, |s, c| s.on_binary_message(c, data))
+            self.with(caller, |s, c| s.on_binary_message(c, data)?.send(c))
         }
 
         fn on_ping(&self, caller: &imports::Caller, data: Vec<u8>) -> Outcome {

@@ -56,6 +56,11 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// The host could not register for SIGINT/SIGTERM, so it could not stop
+    /// gracefully. Rare; check the process's signal limits.
+    #[error("cannot listen for stop signals: {0}")]
+    Signal(std::io::Error),
+
     /// Accepting connections failed in a way the host cannot recover from.
     #[error("listener failed: {0}")]
     Accept(std::io::Error),

@@ -63,20 +63,20 @@ async fn run(command: Command) -> wasmsocket_host::Result<()> {
     match command {
         Command::Serve { config } => {
             let server = Server::bind(Config::load(&config)?).await?;
+            // Listen for signals before telling anyone we serve, so a stop that
+            // follows at once is still graceful.
+            let mut signals = Signals::listen()?;
             // Tests and scripts read this line to learn the port.
             println!("wasmsocket listening on {}", server.local_addr());
-            let serving = server.serve_until(shutdown_signal());
-            // A second signal during the graceful stop stops at once.
-            tokio::select! {
-                result = serving => result,
-                () = async {
-                    shutdown_signal().await;
-                    shutdown_signal().await;
-                } => {
-                    eprintln!("wasmsocket: stopping immediately");
-                    Ok(())
-                }
-            }
+            let handle = server.handle();
+            tokio::spawn(async move {
+                signals.next().await;
+                handle.graceful_stop();
+                signals.next().await;
+                eprintln!("wasmsocket: second signal; stopping immediately");
+                std::process::exit(0);
+            });
+            server.serve().await
         }
         Command::Check { config } => {
             let config = Config::load(&config)?;
@@ -91,20 +91,37 @@ async fn run(command: Command) -> wasmsocket_host::Result<()> {
     }
 }
 
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
+/// SIGINT and SIGTERM (Ctrl-C elsewhere), registered when created.
+struct Signals {
     #[cfg(unix)]
-    {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(_) => return interrupt.await.unwrap_or(()),
-            };
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn listen() -> wasmsocket_host::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let register = |kind| signal(kind).map_err(wasmsocket_host::Error::Signal);
+            Ok(Self {
+                interrupt: register(SignalKind::interrupt())?,
+                terminate: register(SignalKind::terminate())?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(Self {})
     }
-    #[cfg(not(unix))]
-    let _ = interrupt.await;
+
+    /// Completes at the next signal.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

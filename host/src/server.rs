@@ -103,7 +103,7 @@ impl Server {
             .expect("a bound TCP listener has a local address")
     }
 
-    /// Serves until the process ends.
+    /// Serves until a [`ServerHandle`] stops it.
     pub async fn serve(self) -> Result<()> {
         self.serve_until(std::future::pending()).await
     }

@@ -55,7 +55,7 @@ impl Service for Chat {
         Ok(())
     }
 
-    fn on_text_message(&mut self, caller: &Caller, text: String) -> Result {
+    fn on_text_message(&mut self, caller: &Caller, text: String) -> Result<Reply> {
         caller.publish_message(
             &self.room,
             &Line {
@@ -63,7 +63,7 @@ impl Service for Chat {
                 text: &text,
             },
         )?;
-        Ok(())
+        Ok(Reply::None)
     }
 
     fn on_close(&mut self, caller: &Caller, _code: u16, _reason: String) -> Result {

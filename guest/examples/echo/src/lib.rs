@@ -14,11 +14,11 @@ impl Service for Echo {
         Ok(Echo.into())
     }
 
-    fn on_text_message(&mut self, caller: &Caller, text: String) -> Result {
-        Ok(caller.write_text(&text)?)
+    fn on_text_message(&mut self, _caller: &Caller, text: String) -> Result<Reply> {
+        Ok(Reply::Text(text))
     }
 
-    fn on_binary_message(&mut self, caller: &Caller, data: Vec<u8>) -> Result {
-        Ok(caller.write_binary(&data)?)
+    fn on_binary_message(&mut self, _caller: &Caller, data: Vec<u8>) -> Result<Reply> {
+        Ok(Reply::Binary(data))
     }
 }

@@ -23,10 +23,10 @@ enum Command {
 /// What the service answers.
 #[derive(Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-enum Answer<'a> {
+enum Answer {
     Receipt {
         id: u32,
-        item: &'a str,
+        item: String,
         quantity: u32,
         total_orders: u32,
     },
@@ -46,22 +46,22 @@ impl Service for JsonEcho {
         Ok(JsonEcho::default().into())
     }
 
-    fn on_message(&mut self, caller: &Caller, data: Data) -> Result {
-        match data.bind::<Command>()? {
+    fn on_message(&mut self, _caller: &Caller, data: Data) -> Result<Reply> {
+        let answer = match data.bind::<Command>()? {
             Command::Order { id, item, quantity } => {
                 self.orders += 1;
-                let receipt = Answer::Receipt {
+                Answer::Receipt {
                     id,
-                    item: &item,
+                    item,
                     quantity,
                     total_orders: self.orders,
-                };
-                caller.write_message(&receipt)?;
+                }
             }
-            Command::Ping => caller.write_message(&Answer::Pong {
+            Command::Ping => Answer::Pong {
                 total_orders: self.orders,
-            })?,
-        }
-        Ok(())
+            },
+        };
+        // Returned, the answer is sent back as JSON: Ballerina's returned record.
+        Reply::message(&answer)
     }
 }

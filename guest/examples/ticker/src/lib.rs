@@ -40,7 +40,7 @@ impl Service for Ticker {
         Ok(caller.write_text(&format!("tick {}", self.ticks))?)
     }
 
-    fn on_text_message(&mut self, caller: &Caller, text: String) -> Result {
+    fn on_text_message(&mut self, caller: &Caller, text: String) -> Result<Reply> {
         let state = match text.as_str() {
             "stop" => {
                 caller.cancel_timer(TICK);
@@ -52,7 +52,7 @@ impl Service for Ticker {
             }
             _ => return Err(Error::UnsupportedData("say start or stop".into())),
         };
-        Ok(caller.write_text(&format!("{state} at tick {}", self.ticks))?)
+        Ok(Reply::Text(format!("{state} at tick {}", self.ticks)))
     }
 
     fn on_idle_timeout(&mut self, caller: &Caller) -> Result {

@@ -6,9 +6,14 @@
 //! Text commands: `panic`, `loop` (never returns), `alloc` (allocates without end),
 //! `close CODE REASON`, `fail-unsupported`, `fail-close CODE`, `ping`,
 //! `attr KEY VALUE` / `attr KEY` (set / read an attribute), `info` (id, secure,
-//! subprotocol). Anything else is echoed.
+//! subprotocol), `reply TEXT` / `reply-close CODE REASON` (answer by return value),
+//! `watch` (receive what other connections' `on_close` / `on_error` report). Anything
+//! else is echoed.
 
 use wasmsocket_guest::prelude::*;
+
+/// The topic `on_close` and `on_error` report to.
+const EVENTS: &str = "faulty/events";
 
 #[derive(Default)]
 struct Faulty {
@@ -57,7 +62,7 @@ impl Service for Faulty {
         Ok(())
     }
 
-    fn on_text_message(&mut self, caller: &Caller, text: String) -> Result {
+    fn on_text_message(&mut self, caller: &Caller, text: String) -> Result<Reply> {
         let mut words = text.splitn(3, ' ');
         match (words.next().unwrap_or(""), words.next(), words.next()) {
             ("panic", _, _) => panic!("told to panic"),
@@ -103,9 +108,30 @@ impl Service for Faulty {
                 caller.negotiated_subprotocol().unwrap_or_default(),
                 caller.is_open()
             ))?,
+            // Replies by return value (Ballerina's returned value).
+            ("reply", Some(first), rest) => {
+                return Ok(Reply::Text(format!(
+                    "{first}{}",
+                    rest.map(|r| format!(" {r}")).unwrap_or_default()
+                )));
+            }
+            ("reply-close", Some(code), reason) => {
+                let code = code
+                    .parse()
+                    .map_err(|_| Error::UnsupportedData("bad code".into()))?;
+                return Ok(Reply::Close {
+                    code,
+                    reason: reason.unwrap_or("").to_owned(),
+                });
+            }
+            // Subscribe to what other connections' on_close / on_error report.
+            ("watch", _, _) => {
+                caller.subscribe(EVENTS)?;
+                caller.write_text("watching")?;
+            }
             _ => caller.write_text(&text)?,
         }
-        Ok(())
+        Ok(Reply::None)
     }
 
     fn on_ping(&mut self, caller: &Caller, data: Vec<u8>) -> Result {
@@ -121,8 +147,13 @@ impl Service for Faulty {
         Ok(())
     }
 
-    fn on_close(&mut self, _caller: &Caller, code: u16, reason: String) -> Result {
-        eprintln!("faulty: on_close {code} {reason}");
+    fn on_close(&mut self, caller: &Caller, code: u16, reason: String) -> Result {
+        caller.publish_text(EVENTS, &format!("on_close {code} {reason}"))?;
+        Ok(())
+    }
+
+    fn on_error(&mut self, caller: &Caller, message: String) -> Result {
+        caller.publish_text(EVENTS, &format!("on_error {message}"))?;
         Ok(())
     }
 }
