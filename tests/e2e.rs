@@ -147,6 +147,8 @@ fn echo_host() -> Host {
     Host::with_service("/echo", components::ECHO, "")
 }
 
+/// Spec 6 (the echo sample) and 3.2.1 `onTextMessage`/`onBinaryMessage`, `onPing`
+/// absent → automatic pong, close handshake with code and reason.
 #[tokio::test]
 async fn echo() {
     let host = echo_host();
@@ -191,6 +193,8 @@ async fn echo() {
     );
 }
 
+/// Spec 2 and 2.1 `requestLimits`: 404 off a service path, 426 for plain HTTP, 400
+/// for a broken upgrade, 414 and 431 for oversized requests.
 #[tokio::test]
 async fn http_statuses() {
     let host = echo_host();
@@ -247,6 +251,8 @@ async fn http_statuses() {
     assert_eq!(next(&mut client).await, Message::text("still here"));
 }
 
+/// Spec 2.1 `webSocketCompressionEnabled` (on by default), RFC 6455 accept key, and
+/// a frame sent right behind the upgrade request.
 #[tokio::test]
 async fn handshake_details() {
     let host = echo_host();
@@ -277,6 +283,7 @@ async fn handshake_details() {
     assert_eq!(server_frame(&mut stream).await, (0x1, b"early".to_vec()));
 }
 
+/// Spec 2.1 `webSocketCompressionEnabled = false`.
 #[tokio::test]
 async fn compression_can_be_switched_off() {
     let host = Host::start(&format!(
@@ -295,6 +302,8 @@ async fn compression_can_be_switched_off() {
     assert!(!head.contains("sec-websocket-extensions"), "{head}");
 }
 
+/// Spec 3.1.1 `maxFrameSize` (1009), RFC 6455 invalid UTF-8 (1007) and reserved
+/// opcodes (1002).
 #[tokio::test]
 async fn protocol_violations_close_with_the_right_code() {
     let host = Host::with_service("/echo", components::ECHO, "max_frame_size = 1000");
@@ -325,6 +334,9 @@ fn faulty_host(extra: &str) -> Host {
     Host::with_service("/faulty", components::FAULTY, extra)
 }
 
+/// Spec 3.1 upgrade service (reject with `UpgradeError`, custom headers, chosen
+/// subprotocol), 3.2.1 `onOpen`, `onPing` implemented, `onPong`, `websocket:Caller`
+/// (id, isSecure, subprotocol, attributes, ping, close), callback errors → close codes.
 #[tokio::test]
 async fn faulty() {
     // The upgrade hook decides: reject with its status and message.
@@ -428,6 +440,7 @@ async fn faulty() {
     assert_eq!(expect_close(&mut client).await.0, 1011);
 }
 
+/// The host serves the browser front end: static files beside the services.
 #[tokio::test]
 async fn static_files() {
     let www = wasmsocket_tests::scratch_dir("www");
@@ -475,6 +488,7 @@ async fn static_files() {
     std::fs::remove_dir_all(&www).unwrap();
 }
 
+/// Spec 2 listener lifecycle: graceful stop on SIGTERM with 1001 Going Away.
 #[tokio::test]
 async fn graceful_stop_sends_going_away() {
     let mut host = Host::start(&format!(
@@ -508,6 +522,7 @@ async fn graceful_stop_sends_going_away() {
     assert!(status.success(), "{status}");
 }
 
+/// Spec 2 listener lifecycle: the graceful stop is bounded by `grace_period`.
 #[tokio::test]
 async fn graceful_stop_ends_after_the_grace_period() {
     let mut host = Host::start(&format!(
@@ -590,7 +605,7 @@ fn chat_line(message: Message) -> (String, String) {
     )
 }
 
-/// A room: what one connection sends, every other connection in the room receives
+/// Topics (the chat example): what one connection sends, every other connection in the room receives
 /// (through the host's topics), and nobody else.
 #[tokio::test]
 async fn chat() {
@@ -641,7 +656,8 @@ async fn chat() {
     assert_eq!(status_of(&bad), 400, "{bad}");
 }
 
-/// Messages pushed unasked from timers, paused and resumed; idle timeout closes.
+/// Spec 3.1.1 `idleTimeout` → `onIdleTimeout`, and timers (the ticker example):
+/// messages pushed unasked, paused and resumed.
 #[tokio::test]
 async fn ticker() {
     let host = Host::with_service("/ticker", components::TICKER, "idle_timeout = 1.5");
@@ -857,4 +873,15 @@ async fn listener_timeout_and_server_header() {
     assert!(head.contains("server: wasmsocket-test\r\n"), "{head}");
     let (_, head) = raw_upgrade(&host, "/echo", "Sec-WebSocket-Protocol: x\r\n", b"").await;
     assert!(!head.contains("sec-websocket-protocol"), "{head}");
+}
+
+/// Spec 3.1.1 `idleTimeout`: without an `onIdleTimeout` that closes, the connection
+/// stays open past the timeout.
+#[tokio::test]
+async fn idle_timeout_keeps_the_connection_open() {
+    let host = Host::with_service("/echo", components::ECHO, "idle_timeout = 0.2");
+    let mut client = connect(&host.url("/echo")).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    client.send(Message::text("still open")).await.unwrap();
+    assert_eq!(next(&mut client).await, Message::text("still open"));
 }

@@ -502,8 +502,8 @@ where
             Ok(Err(error)) => {
                 let (code, reason) = close_for(&error);
                 if let CallbackError::UnsupportedData(why) = &error {
-                    // Ballerina logs binding failures at the listener.
-                    warn!(code, "session could not accept the data: {why}");
+                    // Ballerina logs binding failures at the listener, as errors.
+                    tracing::error!(code, "session could not accept the data: {why}");
                 } else {
                     debug!(code, reason = %reason, "session ended the connection");
                 }
