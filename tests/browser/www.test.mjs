@@ -22,6 +22,25 @@ try {
   await page.waitForSelector("body[data-ready=true]", { timeout: 10000 });
   assert.equal(await page.inputValue("#url"), base.replace(/^http/, "ws").replace(/\/$/, "") + "/echo");
 
+  // Chromium's own WebSocket negotiates permessage-deflate with the host, and a
+  // compressible message survives the round trip both ways.
+  const wsUrl = base.replace(/^http/, "ws").replace(/\/$/, "") + "/echo";
+  const interop = await page.evaluate(async (url) => {
+    const ws = new WebSocket(url);
+    await new Promise((resolve, reject) => { ws.onopen = resolve; ws.onerror = reject; });
+    // 54,000 bytes: under the default max_frame_size (65536) once inflated.
+    const text = "compressible text ".repeat(3000);
+    const echoed = await new Promise((resolve) => {
+      ws.onmessage = (event) => resolve(event.data);
+      ws.onclose = (event) => resolve(`closed ${event.code} ${event.reason}`);
+      ws.send(text);
+    });
+    ws.close(1000);
+    return { extensions: ws.extensions, same: echoed === text, echoed: echoed.slice(0, 80) };
+  }, wsUrl);
+  assert.match(interop.extensions, /^permessage-deflate/, JSON.stringify(interop));
+  assert.ok(interop.same, JSON.stringify(interop));
+
   await page.click("#connect");
   await page.waitForSelector("#status.open", { timeout: 10000 });
 
