@@ -63,6 +63,12 @@ pub struct ListenerConfig {
     /// Whether permessage-deflate (RFC 7692) is offered to clients. Default true.
     #[serde(default = "yes", alias = "websocket_compression_enabled")]
     pub web_socket_compression_enabled: bool,
+    /// Whether the host's compressor keeps its context between messages (better
+    /// compression, ~300 KiB of zlib state per connection). `false` answers every
+    /// offer with `server_no_context_takeover`: the host then borrows a compressor
+    /// per message from a shared pool. Default true.
+    #[serde(default = "yes")]
+    pub compression_context_takeover: bool,
     /// Size limits on the upgrade request.
     #[serde(default)]
     pub request_limits: RequestLimits,

@@ -219,6 +219,7 @@ async fn websocket<S>(
             request
                 .header_values("sec-websocket-extensions")
                 .filter_map(|v| std::str::from_utf8(v).ok()),
+            listener.compression_context_takeover,
         )
     } else {
         None

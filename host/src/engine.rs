@@ -112,14 +112,21 @@ pub(crate) fn accept_key(key: &[u8]) -> String {
 /// `server_max_window_bits=8` (zlib cannot produce an 8-bit window). The server's
 /// inflater always runs with a 15-bit window, which decodes any window the client
 /// uses, so `client_max_window_bits` is never narrowed.
-pub(crate) fn negotiate_deflate<'a>(offers: impl IntoIterator<Item = &'a str>) -> Option<String> {
+///
+/// With `context_takeover` false the server always answers
+/// `server_no_context_takeover` (RFC 7692 §7.1.1.1 lets it), so its compressor keeps
+/// no state between messages and borrows one from the pool instead.
+pub(crate) fn negotiate_deflate<'a>(
+    offers: impl IntoIterator<Item = &'a str>,
+    context_takeover: bool,
+) -> Option<String> {
     offers
         .into_iter()
         .flat_map(|value| value.split(','))
-        .find_map(accept_deflate_offer)
+        .find_map(|offer| accept_deflate_offer(offer, context_takeover))
 }
 
-fn accept_deflate_offer(offer: &str) -> Option<String> {
+fn accept_deflate_offer(offer: &str, context_takeover: bool) -> Option<String> {
     let mut parts = offer.split(';').map(str::trim);
     if !parts.next()?.eq_ignore_ascii_case("permessage-deflate") {
         return None;
@@ -160,7 +167,7 @@ fn accept_deflate_offer(offer: &str) -> Option<String> {
         return None;
     }
     let mut response = String::from("permessage-deflate");
-    if server_no_context_takeover {
+    if server_no_context_takeover || !context_takeover {
         response.push_str("; server_no_context_takeover");
     }
     if client_no_context_takeover {
@@ -255,32 +262,45 @@ mod tests {
     #[test]
     fn browser_offer_keeps_a_full_client_window() {
         // What Chromium sends.
-        let agreed = negotiate_deflate(["permessage-deflate; client_max_window_bits"]);
+        let agreed = negotiate_deflate(["permessage-deflate; client_max_window_bits"], true);
         assert_eq!(agreed.as_deref(), Some("permessage-deflate"));
     }
 
     #[test]
     fn first_acceptable_of_several_offers_wins() {
         // Autobahn 13.7.*: several offers in one header, the first unacceptable.
-        let agreed = negotiate_deflate([
-            "permessage-deflate; server_max_window_bits=8, permessage-deflate; server_no_context_takeover",
-        ]);
+        let agreed = negotiate_deflate(
+            [
+                "permessage-deflate; server_max_window_bits=8, permessage-deflate; server_no_context_takeover",
+            ],
+            true,
+        );
         assert_eq!(
             agreed.as_deref(),
             Some("permessage-deflate; server_no_context_takeover")
         );
-        let agreed = negotiate_deflate(["x-webkit-deflate-frame", "permessage-deflate"]);
+        let agreed = negotiate_deflate(["x-webkit-deflate-frame", "permessage-deflate"], true);
         assert_eq!(agreed.as_deref(), Some("permessage-deflate"));
     }
 
     #[test]
     fn parameters_are_echoed() {
-        let agreed = negotiate_deflate([
-            "permessage-deflate; client_no_context_takeover; server_max_window_bits=\"10\"",
-        ]);
+        let agreed = negotiate_deflate(
+            ["permessage-deflate; client_no_context_takeover; server_max_window_bits=\"10\""],
+            true,
+        );
         assert_eq!(
             agreed.as_deref(),
             Some("permessage-deflate; client_no_context_takeover; server_max_window_bits=10")
+        );
+    }
+
+    #[test]
+    fn the_server_may_drop_its_own_context() {
+        let agreed = negotiate_deflate(["permessage-deflate; client_max_window_bits"], false);
+        assert_eq!(
+            agreed.as_deref(),
+            Some("permessage-deflate; server_no_context_takeover")
         );
     }
 
@@ -296,7 +316,7 @@ mod tests {
             "permessage-deflate; mystery",
             "deflate-frame",
         ] {
-            assert_eq!(negotiate_deflate([offer]), None, "{offer}");
+            assert_eq!(negotiate_deflate([offer], true), None, "{offer}");
         }
     }
 

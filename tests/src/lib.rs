@@ -94,6 +94,11 @@ impl Host {
         ))
     }
 
+    /// The host's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The address the host listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
