@@ -262,8 +262,8 @@ pub struct ClientConfig {
     /// How long connecting (TCP and the upgrade) may take. Default 300 s, as in the
     /// specification.
     pub handshake_timeout: Option<Duration>,
-    /// TLS settings for `wss://`. Native only; reserved for the security work (a
-    /// browser uses its own TLS).
+    /// TLS settings for `wss://`: trusted CA certificates and a client certificate.
+    /// Native only (a browser uses its own TLS).
     pub secure_socket: Option<SecureSocket>,
     /// The largest frame payload accepted, bytes; `None` means the specification's
     /// 65536. Native only.
@@ -304,8 +304,42 @@ impl std::fmt::Debug for ClientConfig {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SecureSocket {
-    /// A PEM file of CA certificates to trust instead of the system roots.
+    /// A PEM file of CA certificates to trust instead of the Mozilla roots.
     pub cert: Option<std::path::PathBuf>,
+    /// A client certificate and key for mutual TLS.
+    pub key: Option<CertKey>,
+}
+
+/// A certificate chain and its private key, as PEM files (Ballerina's `CertKey`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertKey {
+    /// The certificate chain, leaf first.
+    pub cert_file: std::path::PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: std::path::PathBuf,
+}
+
+impl SecureSocket {
+    /// Trusts the CA certificates in `cert` (PEM).
+    pub fn trust(cert: impl Into<std::path::PathBuf>) -> Self {
+        Self {
+            cert: Some(cert.into()),
+            key: None,
+        }
+    }
+
+    /// Presents this certificate and key (mutual TLS).
+    pub fn identity(
+        mut self,
+        cert_file: impl Into<std::path::PathBuf>,
+        key_file: impl Into<std::path::PathBuf>,
+    ) -> Self {
+        self.key = Some(CertKey {
+            cert_file: cert_file.into(),
+            key_file: key_file.into(),
+        });
+        self
+    }
 }
 
 /// The specification's default frame size limit.
@@ -377,6 +411,12 @@ impl ClientConfig {
     /// Reconnects on failure.
     pub fn retry(mut self, retry: RetryConfig) -> Self {
         self.retry = Some(retry);
+        self
+    }
+
+    /// TLS settings for `wss://`. Native only.
+    pub fn secure_socket(mut self, secure_socket: SecureSocket) -> Self {
+        self.secure_socket = Some(secure_socket);
         self
     }
 

@@ -20,7 +20,96 @@ const MAX_RESPONSE_HEAD: usize = 16 * 1024;
 /// Largest message accepted, unless `max_frame_size` is larger.
 const MAX_MESSAGE_SIZE: usize = 16 << 20;
 
-type Socket = yawc::WebSocket<Rewind<TcpStream>>;
+type Socket = yawc::WebSocket<Rewind<Transport>>;
+
+/// TCP, or TLS over TCP for `wss://`.
+enum Transport {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
+            Transport::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
+            Transport::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(stream) => Pin::new(stream).poll_flush(cx),
+            Transport::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
+            Transport::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// The TLS connector for `config.secure_socket`: the given CA certificates or the
+/// Mozilla roots, and a client certificate for mutual TLS.
+fn tls_connector(config: &ClientConfig) -> Result<tokio_rustls::TlsConnector> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let invalid = |what: &str, path: &std::path::Path, error: &dyn std::fmt::Display| {
+        Error::InvalidConfig(format!("secure_socket.{what}: {}: {error}", path.display()))
+    };
+    let secure = config.secure_socket.clone().unwrap_or_default();
+    let mut roots = rustls::RootCertStore::empty();
+    match &secure.cert {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| invalid("cert", path, &e))?;
+            for cert in certs {
+                roots.add(cert).map_err(|e| invalid("cert", path, &e))?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::InvalidConfig(format!("secure_socket: {e}")))?
+        .with_root_certificates(roots);
+    let mut tls = match &secure.key {
+        None => builder.with_no_client_auth(),
+        Some(key) => {
+            let chain = CertificateDer::pem_file_iter(&key.cert_file)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| invalid("key.cert_file", &key.cert_file, &e))?;
+            let private = PrivateKeyDer::from_pem_file(&key.key_file)
+                .map_err(|e| invalid("key.key_file", &key.key_file, &e))?;
+            builder
+                .with_client_auth_cert(chain, private)
+                .map_err(|e| Error::InvalidConfig(format!("secure_socket.key: {e}")))?
+        }
+    };
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls)))
+}
 
 pub(crate) struct Connection {
     ws: Socket,
@@ -268,14 +357,24 @@ async fn open(
     url: &WsUrl,
     config: &ClientConfig,
 ) -> Result<(Socket, HandshakeResponse, Option<String>)> {
-    if url.secure {
-        return Err(Error::Unsupported("wss:// (TLS) in the native client"));
-    }
     let (host, port) = (url.host.as_str(), url.port);
-    let mut stream = TcpStream::connect((host, port))
+    let tcp = TcpStream::connect((host, port))
         .await
         .map_err(|e| Error::Connect(format!("{host}:{port}: {e}")))?;
-    let _ = stream.set_nodelay(true);
+    let _ = tcp.set_nodelay(true);
+    let mut stream = if url.secure {
+        let connector = tls_connector(config)?;
+        let name = rustls_pki_types::ServerName::try_from(host.to_owned()).map_err(|e| {
+            Error::InvalidConfig(format!("url: {host:?} is not a TLS server name: {e}"))
+        })?;
+        let tls = connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| Error::Connect(format!("TLS handshake with {host}:{port}: {e}")))?;
+        Transport::Tls(Box::new(tls))
+    } else {
+        Transport::Plain(tcp)
+    };
 
     let mut nonce = [0u8; 16];
     getrandom::fill(&mut nonce).map_err(|e| Error::Connect(format!("no randomness: {e}")))?;
@@ -402,7 +501,7 @@ fn upgrade_request(
     Ok(request)
 }
 
-async fn read_response(stream: &mut TcpStream) -> Result<(HandshakeResponse, String, Bytes)> {
+async fn read_response(stream: &mut Transport) -> Result<(HandshakeResponse, String, Bytes)> {
     let mut buf = BytesMut::with_capacity(1024);
     loop {
         if buf.len() >= MAX_RESPONSE_HEAD {

@@ -72,6 +72,9 @@ pub struct ListenerConfig {
     /// Size limits on the upgrade request.
     #[serde(default)]
     pub request_limits: RequestLimits,
+    /// TLS (`wss`): Ballerina's `ListenerSecureSocket`. Plain `ws` when absent.
+    #[serde(default)]
+    pub secure_socket: Option<ListenerSecureSocket>,
     /// HTTP/1.x settings for the requests before an upgrade (Ballerina's
     /// `ListenerHttp1Settings`).
     #[serde(default)]
@@ -84,6 +87,86 @@ pub struct ListenerConfig {
 
 fn default_grace_period() -> f64 {
     10.0
+}
+
+/// Ballerina's `ListenerSecureSocket`: the listener's TLS settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ListenerSecureSocket {
+    /// The server's certificate chain and private key.
+    pub key: CertKey,
+    /// Client certificates (mutual TLS).
+    #[serde(default)]
+    pub mutual_ssl: Option<MutualSsl>,
+    /// TLS versions. Default: TLS 1.2 and 1.3.
+    #[serde(default)]
+    pub protocol: Option<TlsProtocol>,
+    /// Cipher suites, by IANA name (`TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256`,
+    /// `TLS13_AES_128_GCM_SHA256`). Names rustls does not implement (CBC, DHE) are
+    /// skipped. Default: rustls's secure set.
+    #[serde(default)]
+    pub ciphers: Vec<String>,
+    /// Whether clients may resume sessions (session cache and TLS 1.3 tickets).
+    /// Default true.
+    #[serde(default = "yes")]
+    pub share_session: bool,
+    /// Seconds the TLS handshake may take. Default 10.
+    #[serde(default = "default_tls_handshake_timeout")]
+    pub handshake_timeout: f64,
+}
+
+fn default_tls_handshake_timeout() -> f64 {
+    10.0
+}
+
+/// Ballerina's `CertKey`: PEM files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct CertKey {
+    /// The certificate chain (PEM), leaf first.
+    pub cert_file: PathBuf,
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+}
+
+/// Mutual TLS: which clients are asked for, and trusted with, a certificate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct MutualSsl {
+    /// `require` (the default) refuses clients without a trusted certificate;
+    /// `optional` accepts them too.
+    #[serde(default)]
+    pub verify_client: VerifyClient,
+    /// The CA certificates (PEM) client certificates must chain to.
+    pub cert: PathBuf,
+}
+
+/// Ballerina's `VerifyClient`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyClient {
+    /// A trusted client certificate is required.
+    #[default]
+    #[serde(alias = "REQUIRE")]
+    Require,
+    /// A client certificate is verified if sent.
+    #[serde(alias = "OPTIONAL")]
+    Optional,
+}
+
+/// TLS protocol settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct TlsProtocol {
+    /// `TLS`.
+    pub name: String,
+    /// `TLSv1.2`, `TLSv1.3`; empty means both.
+    #[serde(default)]
+    pub versions: Vec<String>,
 }
 
 /// Ballerina's `ListenerHttp1Settings`, as they apply to the plain HTTP requests a
@@ -287,6 +370,13 @@ impl Config {
         if let Some(files) = &mut config.static_files {
             files.dir = base.join(&files.dir);
         }
+        if let Some(tls) = &mut config.listener.secure_socket {
+            tls.key.cert_file = base.join(&tls.key.cert_file);
+            tls.key.key_file = base.join(&tls.key.key_file);
+            if let Some(mutual) = &mut tls.mutual_ssl {
+                mutual.cert = base.join(&mutual.cert);
+            }
+        }
         Ok(config)
     }
 
@@ -307,6 +397,12 @@ impl Config {
         let listener = &self.listener;
         seconds("listener.timeout", listener.timeout)?;
         seconds("listener.grace_period", listener.grace_period)?;
+        if let Some(tls) = &listener.secure_socket {
+            seconds(
+                "listener.secure_socket.handshake_timeout",
+                tls.handshake_timeout,
+            )?;
+        }
         if let Some(server) = &listener.server
             && !server
                 .bytes()

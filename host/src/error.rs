@@ -43,6 +43,12 @@ pub enum Error {
         source: wasmtime::Error,
     },
 
+    /// The TLS settings are unusable: a file is missing or not PEM, the key does not
+    /// fit the certificate, or no cipher or version is left. The message names the
+    /// field and the file.
+    #[error("invalid TLS configuration: {0}")]
+    Tls(String),
+
     /// The WebAssembly engine could not be set up.
     #[error("cannot set up the WebAssembly engine: {0:#}")]
     Engine(wasmtime::Error),

@@ -17,11 +17,12 @@ mod files;
 mod http;
 mod runtime;
 mod server;
+mod tls;
 mod topics;
 
 pub use config::{
-    Config, Http1Settings, KeepAlive, ListenerConfig, RequestLimits, SandboxLimits, ServiceConfig,
-    StaticFiles,
+    CertKey, Config, Http1Settings, KeepAlive, ListenerConfig, ListenerSecureSocket, MutualSsl,
+    RequestLimits, SandboxLimits, ServiceConfig, StaticFiles, TlsProtocol, VerifyClient,
 };
 pub use error::{Error, Result};
 pub use server::{Server, ServerHandle};

@@ -33,6 +33,7 @@ pub struct Server {
 /// What every connection task reads.
 pub(crate) struct Shared {
     pub(crate) listener: ListenerConfig,
+    tls: Option<(tokio_rustls::TlsAcceptor, Duration)>,
     pub(crate) services: std::sync::RwLock<HashMap<String, Arc<Service>>>,
     pub(crate) static_files: Option<StaticFiles>,
     pub(crate) shutdown: Arc<Shutdown>,
@@ -71,6 +72,13 @@ impl Server {
                 }),
             );
         }
+        let tls = match &config.listener.secure_socket {
+            Some(secure) => Some((
+                crate::tls::acceptor(secure).map_err(Error::Tls)?,
+                Duration::from_secs_f64(secure.handshake_timeout),
+            )),
+            None => None,
+        };
         let address = config.listener.address();
         let grace = config.listener.grace_period();
         let listener = TcpListener::bind(address)
@@ -80,6 +88,7 @@ impl Server {
             listener,
             shared: Arc::new(Shared {
                 listener: config.listener,
+                tls,
                 services: std::sync::RwLock::new(services),
                 static_files: config.static_files,
                 shutdown: Arc::new(Shutdown::new(grace)),
@@ -143,7 +152,16 @@ impl Server {
             let guard = self.shared.shutdown.track();
             tokio::spawn(
                 async move {
-                    connection::serve(&shared, stream, remote, false).await;
+                    match &shared.tls {
+                        None => connection::serve(&shared, stream, remote, false).await,
+                        Some((acceptor, limit)) => {
+                            match tokio::time::timeout(*limit, acceptor.accept(stream)).await {
+                                Ok(Ok(tls)) => connection::serve(&shared, tls, remote, true).await,
+                                Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
+                                Err(_) => tracing::debug!("TLS handshake timed out"),
+                            }
+                        }
+                    }
                     drop(guard);
                 }
                 .instrument(span),

@@ -1,0 +1,170 @@
+//! TLS end to end (spec 5.1): the host's `wss` listener with the native client, mutual
+//! TLS, and what a TLS-only listener says to plain clients. Certificates are made
+//! fresh for each run with rcgen.
+#![cfg(not(target_arch = "wasm32"))]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+};
+use wasmsocket_client::{Client, ClientConfig, Error, SecureSocket};
+use wasmsocket_tests::{Host, components, scratch_dir};
+
+/// A CA, a server certificate for 127.0.0.1 and localhost, and a client certificate,
+/// as PEM files in a scratch directory.
+struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    fn new() -> Self {
+        let dir = scratch_dir("pki");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+
+        let leaf = |names: Vec<String>, usage: ExtendedKeyUsagePurpose, name: &str| {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(names).unwrap();
+            params.extended_key_usages = vec![usage];
+            let cert = params.signed_by(&key, &ca).unwrap();
+            std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+            std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+        };
+        leaf(
+            vec!["127.0.0.1".into(), "localhost".into()],
+            ExtendedKeyUsagePurpose::ServerAuth,
+            "server",
+        );
+        leaf(
+            vec!["client".into()],
+            ExtendedKeyUsagePurpose::ClientAuth,
+            "client",
+        );
+        Self { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+fn tls_host(pki: &Pki, mutual: &str) -> Host {
+    let p = |name: &str| pki.path(name).display().to_string();
+    Host::start(&format!(
+        "[listener]\nhost = \"127.0.0.1\"\nport = 0\n\n\
+         [listener.secure_socket]\nkey = {{ cert_file = {:?}, key_file = {:?} }}\n{mutual}\n\n\
+         [[service]]\npath = \"/faulty\"\ncomponent = {:?}\n",
+        p("server.pem"),
+        p("server.key"),
+        components::FAULTY
+    ))
+}
+
+fn wss(host: &Host, path: &str) -> String {
+    format!("wss://127.0.0.1:{}{path}", host.addr().port())
+}
+
+fn trusting(pki: &Pki) -> ClientConfig {
+    ClientConfig::default()
+        .secure_socket(SecureSocket::trust(pki.path("ca.pem")))
+        .handshake_timeout(Duration::from_secs(5))
+}
+
+#[tokio::test]
+async fn wss_round_trip_and_the_guest_sees_tls() {
+    let pki = Pki::new();
+    let host = tls_host(&pki, "");
+    let mut client = Client::connect(&wss(&host, "/faulty"), trusting(&pki))
+        .await
+        .unwrap();
+    client.write_text("info").await.unwrap();
+    let info = client.read_text().await.unwrap();
+    assert!(info.contains("secure=true"), "{info}");
+    client.write_text("over TLS").await.unwrap();
+    assert_eq!(client.read_text().await.unwrap(), "over TLS");
+    assert_eq!(
+        client
+            .close(1000, "done", Duration::from_secs(5))
+            .await
+            .unwrap()
+            .0,
+        1000
+    );
+}
+
+#[tokio::test]
+async fn untrusted_servers_and_plain_clients_are_refused() {
+    let pki = Pki::new();
+    let host = tls_host(&pki, "");
+    // The Mozilla roots do not know our CA.
+    match Client::connect(&wss(&host, "/faulty"), ClientConfig::default()).await {
+        Err(Error::Connect(message)) => assert!(message.contains("TLS"), "{message}"),
+        other => panic!("expected a TLS failure, got {other:?}"),
+    }
+    // Plain ws:// to a TLS listener gets no WebSocket.
+    let plain = format!("ws://127.0.0.1:{}/faulty", host.addr().port());
+    assert!(
+        Client::connect(
+            &plain,
+            ClientConfig::default().handshake_timeout(Duration::from_secs(5))
+        )
+        .await
+        .is_err()
+    );
+}
+
+#[tokio::test]
+async fn mutual_tls_requires_a_trusted_client_certificate() {
+    let pki = Pki::new();
+    let mutual = format!(
+        "mutual_ssl = {{ verify_client = \"require\", cert = {:?} }}",
+        pki.path("ca.pem").display().to_string()
+    );
+    let host = tls_host(&pki, &mutual);
+    let url = wss(&host, "/faulty");
+    // Without a certificate the handshake (or the first read) fails.
+    let anonymous = match Client::connect(&url, trusting(&pki)).await {
+        Err(_) => true,
+        Ok(mut client) => {
+            client.write_text("x").await.is_err() || client.read_text().await.is_err()
+        }
+    };
+    assert!(anonymous, "a client without a certificate was served");
+    let with_identity = trusting(&pki).secure_socket(
+        SecureSocket::trust(pki.path("ca.pem"))
+            .identity(pki.path("client.pem"), pki.path("client.key")),
+    );
+    let mut client = Client::connect(&url, with_identity).await.unwrap();
+    client.write_text("mutual").await.unwrap();
+    assert_eq!(client.read_text().await.unwrap(), "mutual");
+}
+
+#[tokio::test]
+async fn a_bad_key_file_is_a_startup_error_naming_it() {
+    let pki = Pki::new();
+    let config = pki.path("wasmsocket.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[listener]\nport = 0\n[listener.secure_socket]\nkey = {{ cert_file = {:?}, key_file = {:?} }}\n",
+            pki.path("server.pem").display().to_string(),
+            pki.path("missing.key").display().to_string()
+        ),
+    )
+    .unwrap();
+    let output = std::process::Command::new(wasmsocket_tests::host_binary())
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("key_file") && stderr.contains("missing.key"),
+        "{stderr}"
+    );
+}
