@@ -168,3 +168,23 @@ async fn a_bad_key_file_is_a_startup_error_naming_it() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn the_flat_secure_socket_form_works_too() {
+    // `[listener.secure_socket] cert_file = ..., key_file = ...`, as in the issue's
+    // config shape, alongside `key = { ... }`.
+    let pki = Pki::new();
+    let p = |name: &str| pki.path(name).display().to_string();
+    let host = Host::start(&format!(
+        "[listener]\nhost = \"127.0.0.1\"\nport = 0\n[listener.secure_socket]\ncert_file = {:?}\nkey_file = {:?}\n\n\
+         [[service]]\npath = \"/faulty\"\ncomponent = {:?}\n",
+        p("server.pem"),
+        p("server.key"),
+        components::FAULTY
+    ));
+    let mut client = Client::connect(&wss(&host, "/faulty"), trusting(&pki))
+        .await
+        .unwrap();
+    client.write_text("flat").await.unwrap();
+    assert_eq!(client.read_text().await.unwrap(), "flat");
+}

@@ -276,6 +276,20 @@ pub struct UpgradeRequest {
     pub secure: bool,
     /// The subprotocols the client offered, most preferred first.
     pub subprotocols: Vec<String>,
+    /// Who the service's `auth` configuration authenticated, if it has any.
+    pub principal: Option<Principal>,
+}
+
+/// An authenticated client (from the service's `[[service.auth]]` configuration).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Principal {
+    /// The user name (Basic) or the token's `sub` claim (JWT).
+    pub subject: String,
+    /// The granted scopes.
+    pub scopes: Vec<String>,
+    /// A JWT's claims as a JSON object (`{}` for Basic).
+    pub claims: String,
 }
 
 impl UpgradeRequest {
@@ -310,6 +324,11 @@ impl From<types::UpgradeRequest> for UpgradeRequest {
             remote_address: request.remote_address,
             secure: request.secure,
             subprotocols: request.subprotocols,
+            principal: request.principal.map(|p| Principal {
+                subject: p.subject,
+                scopes: p.scopes,
+                claims: p.claims,
+            }),
         }
     }
 }

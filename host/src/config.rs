@@ -94,8 +94,16 @@ fn default_grace_period() -> f64 {
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct ListenerSecureSocket {
-    /// The server's certificate chain and private key.
-    pub key: CertKey,
+    /// The server's certificate chain and private key (or give `cert_file` and
+    /// `key_file` directly in this table).
+    #[serde(default)]
+    pub key: Option<CertKey>,
+    /// The certificate chain (PEM), when `key` is not given.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// The private key (PEM), when `key` is not given.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
     /// Client certificates (mutual TLS).
     #[serde(default)]
     pub mutual_ssl: Option<MutualSsl>,
@@ -118,6 +126,24 @@ pub struct ListenerSecureSocket {
 
 fn default_tls_handshake_timeout() -> f64 {
     10.0
+}
+
+impl ListenerSecureSocket {
+    /// The certificate and key, from `key` or from `cert_file` and `key_file`.
+    pub fn cert_key(&self) -> std::result::Result<CertKey, String> {
+        match (&self.key, &self.cert_file, &self.key_file) {
+            (Some(key), None, None) => Ok(key.clone()),
+            (None, Some(cert_file), Some(key_file)) => Ok(CertKey {
+                cert_file: cert_file.clone(),
+                key_file: key_file.clone(),
+            }),
+            _ => Err(
+                "listener.secure_socket: give either key = { cert_file, key_file } \
+                      or cert_file and key_file"
+                    .into(),
+            ),
+        }
+    }
 }
 
 /// Ballerina's `CertKey`: PEM files.
@@ -287,6 +313,80 @@ pub struct ServiceConfig {
     /// Limits on the component's sandbox.
     #[serde(default)]
     pub limits: SandboxLimits,
+    /// Authentication of the upgrade request (spec 5.2): the first entry that
+    /// authenticates the client and grants every scope it lists wins.
+    #[serde(default)]
+    pub auth: Vec<AuthEntry>,
+    /// A query parameter that may carry a bearer token (browsers cannot send an
+    /// `Authorization` header on a WebSocket), e.g. `"access_token"`. Off by default:
+    /// tokens in URLs end up in logs.
+    #[serde(default)]
+    pub token_query_param: Option<String>,
+    /// A `Sec-WebSocket-Protocol` offer starting with this prefix carries a bearer
+    /// token (e.g. `"bearer."`: offer `bearer.<token>`). It is never agreed on nor
+    /// shown to the guest. Off by default.
+    #[serde(default)]
+    pub token_subprotocol_prefix: Option<String>,
+}
+
+/// One `[[service.auth]]` entry: a mechanism and the scopes it requires.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct AuthEntry {
+    /// Basic authentication against a TOML file of `[[user]]` tables: `username`,
+    /// `password` (a PHC-format argon2 hash) and `scopes`.
+    #[serde(default)]
+    pub file_user_store: Option<PathBuf>,
+    /// Bearer JWT validation.
+    #[serde(default)]
+    pub jwt_validator: Option<JwtValidatorConfig>,
+    /// Scopes the client must have, all of them; missing ones → 403.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+/// Ballerina's `JwtValidatorConfig`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct JwtValidatorConfig {
+    /// The required `iss` claim.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Accepted `aud` values; empty skips the check.
+    #[serde(default)]
+    pub audience: Vec<String>,
+    /// Seconds of clock skew tolerated on `exp` and `nbf`. Default 0.
+    #[serde(default)]
+    pub clock_skew: f64,
+    /// How the signature is checked.
+    pub signature: JwtSignature,
+    /// The claim holding the scopes (space-separated string or array). Default `scope`.
+    #[serde(default = "default_scope_key")]
+    pub scope_key: String,
+}
+
+fn default_scope_key() -> String {
+    "scope".into()
+}
+
+/// A JWT signature check.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged, deny_unknown_fields)]
+#[non_exhaustive]
+pub enum JwtSignature {
+    /// An RSA or EC public key (PEM: `PUBLIC KEY` or `RSA PUBLIC KEY`): RS256/384/512 or
+    /// ES256/384.
+    CertFile {
+        /// The PEM file.
+        cert_file: PathBuf,
+    },
+    /// A shared HMAC secret: HS256/384/512.
+    Secret {
+        /// The secret.
+        secret: String,
+    },
 }
 
 /// What one component instance may consume.
@@ -305,6 +405,14 @@ pub struct SandboxLimits {
     /// `write-buffer-full`. Default 16 MiB.
     #[serde(default = "default_max_write_buffer")]
     pub max_write_buffer: usize,
+    /// Open connections the service takes at once; more upgrades get 503. Default
+    /// 10000.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+fn default_max_connections() -> usize {
+    10_000
 }
 
 impl Default for SandboxLimits {
@@ -313,6 +421,7 @@ impl Default for SandboxLimits {
             callback_timeout: default_callback_timeout(),
             max_memory: default_max_memory(),
             max_write_buffer: default_max_write_buffer(),
+            max_connections: default_max_connections(),
         }
     }
 }
@@ -366,13 +475,33 @@ impl Config {
         let base = path.parent().unwrap_or(Path::new("."));
         for service in &mut config.services {
             service.component = base.join(&service.component);
+            for entry in &mut service.auth {
+                if let Some(path) = &mut entry.file_user_store {
+                    *path = base.join(&*path);
+                }
+                if let Some(JwtValidatorConfig {
+                    signature: JwtSignature::CertFile { cert_file },
+                    ..
+                }) = &mut entry.jwt_validator
+                {
+                    *cert_file = base.join(&*cert_file);
+                }
+            }
         }
         if let Some(files) = &mut config.static_files {
             files.dir = base.join(&files.dir);
         }
         if let Some(tls) = &mut config.listener.secure_socket {
-            tls.key.cert_file = base.join(&tls.key.cert_file);
-            tls.key.key_file = base.join(&tls.key.key_file);
+            if let Some(key) = &mut tls.key {
+                key.cert_file = base.join(&key.cert_file);
+                key.key_file = base.join(&key.key_file);
+            }
+            for path in [&mut tls.cert_file, &mut tls.key_file]
+                .into_iter()
+                .flatten()
+            {
+                *path = base.join(&*path);
+            }
             if let Some(mutual) = &mut tls.mutual_ssl {
                 mutual.cert = base.join(&mutual.cert);
             }
@@ -402,6 +531,7 @@ impl Config {
                 "listener.secure_socket.handshake_timeout",
                 tls.handshake_timeout,
             )?;
+            tls.cert_key()?;
         }
         if let Some(server) = &listener.server
             && !server
@@ -480,6 +610,12 @@ impl ServiceConfig {
             }
         }
         seconds(&field("idle_timeout"), service.idle_timeout)?;
+        if service.limits.max_connections == 0 {
+            return Err(format!(
+                "{}: must be positive",
+                field("limits.max_connections")
+            ));
+        }
         if service.max_message_size == 0 {
             return Err(format!("{}: must be positive", field("max_message_size")));
         }
@@ -510,6 +646,9 @@ impl ServiceConfig {
             max_frame_size: default_max_frame_size(),
             max_message_size: default_max_message_size(),
             limits: SandboxLimits::default(),
+            auth: Vec::new(),
+            token_query_param: None,
+            token_subprotocol_prefix: None,
         }
     }
 

@@ -9,6 +9,7 @@ use futures_util::SinkExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, info, warn};
 
+use crate::auth::Verdict;
 use crate::engine::{self, CloseCode, Frame, OpCode, WebSocket};
 use crate::http::{self, ReadError, Request, Upgrade};
 use crate::runtime::{
@@ -169,8 +170,44 @@ async fn websocket<S>(
     let span = tracing::Span::current();
     span.record("id", format!("{number:x}"));
     span.record("service", service.config.path.as_str());
+    // The service's connection limit (503 beyond it), held until the connection ends.
+    let Some(_slot) = service.try_open() else {
+        warn!(
+            limit = service.config.limits.max_connections,
+            "service is at its connection limit"
+        );
+        let _ = http::respond(
+            &mut io,
+            503,
+            &[("retry-after", "1")],
+            server,
+            "too many connections",
+        )
+        .await;
+        return;
+    };
+    let principal = if service.auth.is_enabled() {
+        match service.auth.check(request).await {
+            Verdict::Allowed(principal) => Some(principal),
+            Verdict::Unauthorized(challenge) => {
+                debug!("upgrade without valid credentials: 401");
+                let headers = [("www-authenticate", challenge.as_str())];
+                let _ =
+                    http::respond(&mut io, 401, &headers, server, "authentication required").await;
+                return;
+            }
+            Verdict::Forbidden => {
+                debug!("upgrade without a required scope: 403");
+                let _ =
+                    http::respond(&mut io, 403, &[], server, "a required scope is missing").await;
+                return;
+            }
+        }
+    } else {
+        None
+    };
     let Some((mut instance, decision)) =
-        upgrade(service, request, remote, secure, &mut io, server).await
+        upgrade(service, request, principal, remote, secure, &mut io, server).await
     else {
         return;
     };
@@ -196,7 +233,7 @@ async fn websocket<S>(
         }
     };
 
-    let offered: Vec<&str> = request.header_tokens("sec-websocket-protocol").collect();
+    let offered: Vec<&str> = offered_subprotocols(service, request).collect();
     let subprotocol = match subprotocol {
         Some(chosen) if offered.contains(&chosen.as_str()) => Some(chosen),
         Some(chosen) => {
@@ -293,9 +330,20 @@ async fn websocket<S>(
 
 /// Instantiates the service's component and runs its upgrade hook; on failure answers
 /// 500 and returns `None`.
+/// The subprotocols the client offered, without one that carries a bearer token.
+fn offered_subprotocols<'a>(
+    service: &'a Service,
+    request: &'a Request,
+) -> impl Iterator<Item = &'a str> {
+    request
+        .header_tokens("sec-websocket-protocol")
+        .filter(|offer| !service.auth.is_token_subprotocol(offer))
+}
+
 async fn upgrade<S>(
     service: &Service,
     request: &Request,
+    principal: Option<crate::auth::Principal>,
     remote: SocketAddr,
     secure: bool,
     io: &mut S,
@@ -320,10 +368,14 @@ where
                 .collect(),
             remote_address: remote.to_string(),
             secure,
-            subprotocols: request
-                .header_tokens("sec-websocket-protocol")
+            subprotocols: offered_subprotocols(service, request)
                 .map(str::to_owned)
                 .collect(),
+            principal: principal.map(|p| crate::runtime::Principal {
+                subject: p.subject,
+                scopes: p.scopes,
+                claims: p.claims,
+            }),
         };
         let decision = instance.upgrade(&upgrade_request).await?;
         Ok::<_, wasmtime::Error>((instance, decision))

@@ -9,6 +9,7 @@
 //! Most users run the `wasmsocket` binary with a `wasmsocket.toml`; this library is
 //! the same host for embedding and tests: [`Config`] and [`Server`].
 
+mod auth;
 mod config;
 mod connection;
 mod engine;
@@ -21,8 +22,9 @@ mod tls;
 mod topics;
 
 pub use config::{
-    CertKey, Config, Http1Settings, KeepAlive, ListenerConfig, ListenerSecureSocket, MutualSsl,
-    RequestLimits, SandboxLimits, ServiceConfig, StaticFiles, TlsProtocol, VerifyClient,
+    AuthEntry, CertKey, Config, Http1Settings, JwtSignature, JwtValidatorConfig, KeepAlive,
+    ListenerConfig, ListenerSecureSocket, MutualSsl, RequestLimits, SandboxLimits, ServiceConfig,
+    StaticFiles, TlsProtocol, VerifyClient,
 };
 pub use error::{Error, Result};
 pub use server::{Server, ServerHandle};

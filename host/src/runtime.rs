@@ -36,7 +36,8 @@ use bindings::exports::wasmsocket::service::handler::Acceptance;
 #[cfg(test)]
 pub(crate) use bindings::wasmsocket::service::types::CloseFrame;
 pub(crate) use bindings::wasmsocket::service::types::{
-    CallbackError, Callbacks, CallerError, Header, Message, UpgradeRejection, UpgradeRequest,
+    CallbackError, Callbacks, CallerError, Header, Message, Principal, UpgradeRejection,
+    UpgradeRequest,
 };
 
 /// How often the epoch advances; callback deadlines are counted in these ticks.

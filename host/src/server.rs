@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tracing::{Instrument, info, warn};
 
+use crate::auth::Auth;
 use crate::config::{Config, ListenerConfig, ServiceConfig, StaticFiles};
 use crate::runtime::{Runtime, ServiceComponent};
 use crate::{Error, Result, connection};
@@ -41,10 +42,57 @@ pub(crate) struct Shared {
     runtime: Runtime,
 }
 
-/// A service: its configuration and its loaded component.
+/// A service: its configuration, its loaded component, its authenticators and its
+/// count of open connections.
 pub(crate) struct Service {
     pub(crate) config: ServiceConfig,
     pub(crate) component: ServiceComponent,
+    pub(crate) auth: Arc<Auth>,
+    open: Arc<AtomicUsize>,
+}
+
+/// Holds one of a service's connection slots until dropped.
+pub(crate) struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Service {
+    async fn load(runtime: &Runtime, config: ServiceConfig, field: &str) -> Result<Self> {
+        let auth = Auth::new(
+            &config.auth,
+            config.token_query_param.clone(),
+            config.token_subprotocol_prefix.clone(),
+            field,
+        )
+        .map_err(|message| Error::ConfigInvalid {
+            path: Default::default(),
+            message,
+        })?;
+        let component = runtime
+            .load(&config.path, &config.component, &config.limits)
+            .await?;
+        Ok(Self {
+            config,
+            component,
+            auth: Arc::new(auth),
+            open: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    /// Takes a connection slot, unless the service is at `max_connections`.
+    pub(crate) fn try_open(&self) -> Option<Slot> {
+        let limit = self.config.limits.max_connections;
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < limit).then_some(open + 1)
+            })
+            .ok()
+            .map(|_| Slot(self.open.clone()))
+    }
 }
 
 impl Shared {
@@ -59,18 +107,11 @@ impl Server {
     pub async fn bind(config: Config) -> Result<Self> {
         let runtime = Runtime::new()?;
         let mut services = HashMap::with_capacity(config.services.len());
-        for service in config.services {
-            let component = runtime
-                .load(&service.path, &service.component, &service.limits)
-                .await?;
-            info!(path = %service.path, component = %service.component.display(), "service loaded");
-            services.insert(
-                service.path.clone(),
-                Arc::new(Service {
-                    config: service,
-                    component,
-                }),
-            );
+        for (index, service) in config.services.into_iter().enumerate() {
+            let service = Service::load(&runtime, service, &format!("service[{index}]")).await?;
+            let config = &service.config;
+            info!(path = %config.path, component = %config.component.display(), "service loaded");
+            services.insert(config.path.clone(), Arc::new(service));
         }
         let tls = match &config.listener.secure_socket {
             Some(secure) => Some((
@@ -219,27 +260,18 @@ impl ServerHandle {
         if self.is_attached(&service.path) {
             return Err(taken(&service.path));
         }
-        let component = self
-            .shared
-            .runtime
-            .load(&service.path, &service.component, &service.limits)
-            .await?;
+        let service = Service::load(&self.shared.runtime, service, "service").await?;
         let mut services = self
             .shared
             .services
             .write()
             .unwrap_or_else(|e| e.into_inner());
-        if services.contains_key(&service.path) {
-            return Err(taken(&service.path));
+        let path = service.config.path.clone();
+        if services.contains_key(&path) {
+            return Err(taken(&path));
         }
-        info!(path = %service.path, "service attached");
-        services.insert(
-            service.path.clone(),
-            Arc::new(Service {
-                config: service,
-                component,
-            }),
-        );
+        info!(%path, "service attached");
+        services.insert(path, Arc::new(service));
         Ok(())
     }
 

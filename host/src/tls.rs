@@ -36,14 +36,12 @@ pub(crate) fn acceptor(config: &ListenerSecureSocket) -> Result<TlsAcceptor, Str
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let certs = certificates(
-        &config.key.cert_file,
-        "listener.secure_socket.key.cert_file",
-    )?;
-    let key = PrivateKeyDer::from_pem_file(&config.key.key_file).map_err(|e| {
+    let cert_key = config.cert_key()?;
+    let certs = certificates(&cert_key.cert_file, "listener.secure_socket.key.cert_file")?;
+    let key = PrivateKeyDer::from_pem_file(&cert_key.key_file).map_err(|e| {
         format!(
             "listener.secure_socket.key.key_file: cannot read a PEM private key from {}: {e}",
-            config.key.key_file.display()
+            cert_key.key_file.display()
         )
     })?;
     let mut server = builder.with_single_cert(certs, key).map_err(|e| {

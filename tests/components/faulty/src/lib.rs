@@ -47,6 +47,11 @@ impl Service for Faulty {
             _ => {}
         }
         let mut accept = Accept::new(Faulty::default()).header("x-faulty", "yes");
+        if let Some(principal) = &request.principal {
+            accept = accept
+                .header("x-principal", principal.subject.clone())
+                .header("x-scopes", principal.scopes.join(" "));
+        }
         if let Some(protocol) = request
             .subprotocols
             .iter()
