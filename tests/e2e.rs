@@ -885,3 +885,58 @@ async fn idle_timeout_keeps_the_connection_open() {
     client.send(Message::text("still open")).await.unwrap();
     assert_eq!(next(&mut client).await, Message::text("still open"));
 }
+
+/// The sandbox (issue 5): without grants a guest sees no environment, no files and no
+/// network; `[service.grants]` gives exactly the variables and directories listed,
+/// read-only unless marked writable.
+#[tokio::test]
+async fn sandbox_grants() {
+    async fn ask(client: &mut Client, command: String) -> String {
+        client.send(Message::text(command)).await.unwrap();
+        next(client).await.into_text().unwrap().to_string()
+    }
+    let closed = faulty_host("");
+    let mut client = connect(&closed.url("/faulty")).await;
+    assert_eq!(ask(&mut client, "env HOME".into()).await, "<unset>");
+    assert!(
+        ask(&mut client, "read /etc/hostname".into())
+            .await
+            .starts_with("<denied")
+    );
+    let address = closed.addr().to_string();
+    assert!(
+        ask(&mut client, format!("connect {address}"))
+            .await
+            .starts_with("<denied")
+    );
+
+    let data = wasmsocket_tests::scratch_dir("grants");
+    std::fs::write(data.join("motd.txt"), "granted file").unwrap();
+    let open = faulty_host(&format!(
+        "[service.grants]\nenv = {{ GREETING = \"hello\" }}\ndirs = [{{ host = {:?}, guest = \"/data\" }}]\n",
+        data.display().to_string()
+    ));
+    let mut client = connect(&open.url("/faulty")).await;
+    assert_eq!(ask(&mut client, "env GREETING".into()).await, "hello");
+    assert_eq!(ask(&mut client, "env HOME".into()).await, "<unset>");
+    assert_eq!(
+        ask(&mut client, "read /data/motd.txt".into()).await,
+        "granted file"
+    );
+    assert!(
+        ask(&mut client, "write /data/new.txt".into())
+            .await
+            .starts_with("<denied")
+    );
+    assert!(!data.join("new.txt").exists());
+    assert!(
+        ask(&mut client, "read /data/../../etc/hostname".into())
+            .await
+            .starts_with("<denied")
+    );
+    assert!(
+        ask(&mut client, format!("connect {address}"))
+            .await
+            .starts_with("<denied")
+    );
+}

@@ -313,6 +313,10 @@ pub struct ServiceConfig {
     /// Limits on the component's sandbox.
     #[serde(default)]
     pub limits: SandboxLimits,
+    /// What the sandbox lets the component reach. Nothing by default: no
+    /// environment variables, no files, no network.
+    #[serde(default)]
+    pub grants: Grants,
     /// Authentication of the upgrade request (spec 5.2): the first entry that
     /// authenticates the client and grants every scope it lists wins.
     #[serde(default)]
@@ -327,6 +331,34 @@ pub struct ServiceConfig {
     /// shown to the guest. Off by default.
     #[serde(default)]
     pub token_subprotocol_prefix: Option<String>,
+}
+
+/// What a component may reach beyond the WebSocket: explicit environment variables
+/// and directories. Sockets are never granted.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Grants {
+    /// Environment variables the component sees (and no others).
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Host directories the component sees.
+    #[serde(default)]
+    pub dirs: Vec<DirGrant>,
+}
+
+/// A host directory granted to a component.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct DirGrant {
+    /// The directory on the host, relative to the config file.
+    pub host: PathBuf,
+    /// Where the component sees it, e.g. `/data`.
+    pub guest: String,
+    /// Whether the component may write there. Default false.
+    #[serde(default)]
+    pub writable: bool,
 }
 
 /// One `[[service.auth]]` entry: a mechanism and the scopes it requires.
@@ -475,6 +507,9 @@ impl Config {
         let base = path.parent().unwrap_or(Path::new("."));
         for service in &mut config.services {
             service.component = base.join(&service.component);
+            for dir in &mut service.grants.dirs {
+                dir.host = base.join(&dir.host);
+            }
             for entry in &mut service.auth {
                 if let Some(path) = &mut entry.file_user_store {
                     *path = base.join(&*path);
@@ -646,6 +681,7 @@ impl ServiceConfig {
             max_frame_size: default_max_frame_size(),
             max_message_size: default_max_message_size(),
             limits: SandboxLimits::default(),
+            grants: Grants::default(),
             auth: Vec::new(),
             token_query_param: None,
             token_subprotocol_prefix: None,

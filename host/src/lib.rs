@@ -22,9 +22,9 @@ mod tls;
 mod topics;
 
 pub use config::{
-    AuthEntry, CertKey, Config, Http1Settings, JwtSignature, JwtValidatorConfig, KeepAlive,
-    ListenerConfig, ListenerSecureSocket, MutualSsl, RequestLimits, SandboxLimits, ServiceConfig,
-    StaticFiles, TlsProtocol, VerifyClient,
+    AuthEntry, CertKey, Config, DirGrant, Grants, Http1Settings, JwtSignature, JwtValidatorConfig,
+    KeepAlive, ListenerConfig, ListenerSecureSocket, MutualSsl, RequestLimits, SandboxLimits,
+    ServiceConfig, StaticFiles, TlsProtocol, VerifyClient,
 };
 pub use error::{Error, Result};
 pub use server::{Server, ServerHandle};

@@ -15,7 +15,7 @@ use wasmtime::component::{Component, Linker, Resource, ResourceAny, ResourceTabl
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::config::SandboxLimits;
+use crate::config::{Grants, SandboxLimits};
 use crate::topics::{self, InboxSender, Published, Topics};
 use crate::{Error, Result};
 
@@ -101,7 +101,19 @@ impl Runtime {
         service: &str,
         path: &Path,
         limits: &SandboxLimits,
+        grants: &Grants,
     ) -> Result<ServiceComponent> {
+        for (index, dir) in grants.dirs.iter().enumerate() {
+            if !dir.host.is_dir() {
+                return Err(Error::ConfigInvalid {
+                    path: Default::default(),
+                    message: format!(
+                        "service {service}: grants.dirs[{index}].host: {} is not a directory",
+                        dir.host.display()
+                    ),
+                });
+            }
+        }
         let error = |source: wasmtime::Error| Error::Component {
             service: service.to_owned(),
             path: path.to_owned(),
@@ -115,6 +127,7 @@ impl Runtime {
             engine: self.engine.clone(),
             pre,
             limits: limits.clone(),
+            grants: grants.clone(),
             callbacks: Callbacks::all(),
             topics: self.topics.clone(),
         };
@@ -135,6 +148,7 @@ pub(crate) struct ServiceComponent {
     engine: Engine,
     pre: bindings::ServicePre<StoreData>,
     limits: SandboxLimits,
+    grants: Grants,
     callbacks: Callbacks,
     topics: Arc<Topics>,
 }
@@ -145,12 +159,31 @@ impl ServiceComponent {
         self.callbacks
     }
 
+    /// The component's WASI context: stdout and stderr to the host's, and only what
+    /// the service's `grants` allow.
+    fn wasi(&self) -> wasmtime::Result<WasiCtx> {
+        let mut builder = WasiCtx::builder();
+        builder.inherit_stdout().inherit_stderr();
+        for (key, value) in &self.grants.env {
+            builder.env(key, value);
+        }
+        for dir in &self.grants.dirs {
+            let perms = if dir.writable {
+                wasmtime_wasi::FsPerms::ReadWrite
+            } else {
+                wasmtime_wasi::FsPerms::ReadOnly
+            };
+            builder.preopened_dir(&dir.host, &dir.guest, perms)?;
+        }
+        Ok(builder.build())
+    }
+
     /// A fresh instance in a store of its own.
     pub(crate) async fn instantiate(&self) -> wasmtime::Result<Instance> {
         let mut table = ResourceTable::new();
         table.set_max_capacity(MAX_TABLE_ENTRIES);
         let data = StoreData {
-            wasi: WasiCtx::builder().inherit_stdout().inherit_stderr().build(),
+            wasi: self.wasi()?,
             table,
             limits: StoreLimitsBuilder::new()
                 .memory_size(self.limits.max_memory)

@@ -73,7 +73,12 @@ impl Service {
             message,
         })?;
         let component = runtime
-            .load(&config.path, &config.component, &config.limits)
+            .load(
+                &config.path,
+                &config.component,
+                &config.limits,
+                &config.grants,
+            )
             .await?;
         Ok(Self {
             config,

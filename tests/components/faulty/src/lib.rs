@@ -129,6 +129,23 @@ impl Service for Faulty {
                     reason: reason.unwrap_or("").to_owned(),
                 });
             }
+            // Sandbox probes: what the service's grants allow.
+            ("env", Some(key), _) => {
+                caller.write_text(&std::env::var(key).unwrap_or_else(|_| "<unset>".into()))?
+            }
+            ("read", Some(path), _) => caller.write_text(
+                &std::fs::read_to_string(path).unwrap_or_else(|e| format!("<denied: {e}>")),
+            )?,
+            ("write", Some(path), _) => caller.write_text(&match std::fs::write(path, "x") {
+                Ok(()) => "written".to_owned(),
+                Err(e) => format!("<denied: {e}>"),
+            })?,
+            ("connect", Some(address), _) => {
+                caller.write_text(&match std::net::TcpStream::connect(address) {
+                    Ok(_) => "connected".to_owned(),
+                    Err(e) => format!("<denied: {e}>"),
+                })?
+            }
             // Subscribe to what other connections' on_close / on_error report.
             ("watch", _, _) => {
                 caller.subscribe(EVENTS)?;
