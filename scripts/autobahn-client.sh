@@ -8,14 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
+source scripts/lib.sh
 
-kit="${AUTOBAHN_KIT:-}"
-for candidate in "$(cd .. && pwd)/shared/autobahn" /work/shared/autobahn; do
-    [ -z "$kit" ] && [ -x "$candidate/install.sh" ] && kit="$candidate"
-done
-[ -n "$kit" ] || { echo "error: the Autobahn kit (shared/autobahn) was not found; set AUTOBAHN_KIT" >&2; exit 1; }
-dir="${AUTOBAHN_DIR:-$HOME/.cache/autobahn}"
-"$kit/install.sh" "$dir" >/dev/null
+autobahn_kit
 
 work=$(mktemp -d)
 trap 'kill "$wstest_pid" 2>/dev/null || true; rm -rf "$work"' EXIT

@@ -9,14 +9,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
+source scripts/lib.sh
 
-kit="${AUTOBAHN_KIT:-}"
-for candidate in "$(cd .. && pwd)/shared/autobahn" /work/shared/autobahn; do
-    [ -z "$kit" ] && [ -x "$candidate/install.sh" ] && kit="$candidate"
-done
-[ -n "$kit" ] || { echo "error: the Autobahn kit (shared/autobahn) was not found; set AUTOBAHN_KIT" >&2; exit 1; }
-dir="${AUTOBAHN_DIR:-$HOME/.cache/autobahn}"
-"$kit/install.sh" "$dir" >/dev/null
+autobahn_kit
 
 cargo build --release -p wasmsocket-host
 cargo build --release --target wasm32-wasip2 -p echo
@@ -32,14 +27,8 @@ component = "$CARGO_TARGET_DIR/wasm32-wasip2/release/echo.wasm"
 max_frame_size = 16777216
 max_message_size = 16777216
 TOML
-RUST_LOG=error "$CARGO_TARGET_DIR/release/wasmsocket" serve --config "$work/wasmsocket.toml" > "$work/host.out" &
-host_pid=$!
-trap 'kill "$host_pid" 2>/dev/null || true; rm -rf "$work"' EXIT
-for _ in $(seq 100); do
-    grep -q "listening on" "$work/host.out" 2>/dev/null && break
-    sleep 0.1
-done
-addr=$(sed -n 's/^wasmsocket listening on //p' "$work/host.out")
+trap 'kill "${host_pid:-}" 2>/dev/null || true; rm -rf "$work"' EXIT
+start_host "$work/wasmsocket.toml"
 # By default every case but the compression ones, plus their 12.1.* and 13.1.* samples.
 cases='["1.*", "2.*", "3.*", "4.*", "5.*", "6.*", "7.*", "9.*", "10.*", "12.1.*", "13.1.*"]'
 [ "${1:-}" = "--full" ] && cases='["*"]'

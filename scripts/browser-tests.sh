@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 source scripts/setup-browser.sh
+source scripts/lib.sh
 
 scripts/build-www.sh
 
@@ -28,15 +29,8 @@ component = "$components/echo.wasm"
 path = "/faulty"
 component = "$components/faulty.wasm"
 TOML
-"$CARGO_TARGET_DIR/release/wasmsocket" serve --config "$work/wasmsocket.toml" > "$work/host.out" 2> "$work/host.err" &
-host_pid=$!
-trap 'kill "$host_pid" 2>/dev/null || true; rm -rf "$work"' EXIT
-for _ in $(seq 100); do
-    grep -q "listening on" "$work/host.out" 2>/dev/null && break
-    sleep 0.1
-done
-addr=$(sed -n 's/^wasmsocket listening on //p' "$work/host.out")
-[ -n "$addr" ] || { cat "$work/host.err" >&2; echo "error: the host did not start" >&2; exit 1; }
+trap 'kill "${host_pid:-}" 2>/dev/null || true; rm -rf "$work"' EXIT
+start_host "$work/wasmsocket.toml"
 
 echo "== client behaviour tests in headless Chromium (host at $addr)"
 WASMSOCKET_TEST_URL="ws://$addr" \

@@ -346,13 +346,15 @@ async fn faulty() {
     assert!(rejected.ends_with("not you"), "{rejected}");
 
     // A hook that panics, or answers with what the host must not send: 500.
-    for query in ["panic", "bad-header", "bad-protocol"] {
+    // (`inject` tries a CRLF header injection: the host refuses it.)
+    for query in ["panic", "bad-header", "bad-protocol", "inject"] {
         let response = raw_request(
             &host,
             &upgrade_request(&format!("/faulty?upgrade={query}"), ""),
         )
         .await;
         assert_eq!(status_of(&response), 500, "{query}: {response}");
+        assert!(!response.contains("pwned"), "{response}");
     }
 
     // Extra headers and a subprotocol chosen by the hook.

@@ -2,7 +2,7 @@
 //! of the contract (upgrade rejection, headers, subprotocols, close, attributes,
 //! callbacks).
 //!
-//! Upgrade queries: `upgrade=reject|panic|bad-header|bad-protocol`, `until=<unix ms>`.
+//! Upgrade queries: `upgrade=reject|panic|bad-header|bad-protocol|inject`, `until=<unix ms>`.
 //! Text commands: `panic`, `loop` (never returns), `alloc` (allocates without end),
 //! `close CODE REASON`, `fail-unsupported`, `fail-close CODE`, `ping`,
 //! `attr KEY VALUE` / `attr KEY` (set / read an attribute), `info` (id, secure,
@@ -40,6 +40,11 @@ impl Service for Faulty {
             Some("panic") => panic!("upgrade hook told to panic"),
             Some("bad-header") => {
                 return Ok(Accept::new(Faulty::default()).header("connection", "close"));
+            }
+            Some("inject") => {
+                return Ok(
+                    Accept::new(Faulty::default()).header("x-evil", "a\r\nset-cookie: pwned=1")
+                );
             }
             Some("bad-protocol") => {
                 return Ok(Accept::new(Faulty::default()).subprotocol("never-offered"));
