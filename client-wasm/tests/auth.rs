@@ -289,3 +289,104 @@ async fn plaintext_passwords_are_refused_at_start() {
         "{stderr}"
     );
 }
+
+/// A local RFC 7662 endpoint: `good` is active with scope `chat`, `narrow` is active
+/// with scope `read`, anything else is inactive. Counts the requests it answers and
+/// insists on the host's client credentials.
+async fn introspection_endpoint() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/introspect", listener.local_addr().unwrap());
+    let count = std::sync::Arc::new(AtomicUsize::new(0));
+    let answered = count.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let answered = answered.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                // The host sends the whole request, then waits for the answer.
+                while !String::from_utf8_lossy(&request).contains("token_type_hint=") {
+                    let n = stream.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                }
+                let request = String::from_utf8_lossy(&request).into_owned();
+                answered.fetch_add(1, Ordering::SeqCst);
+                let authorized = request.contains("authorization: Basic aG9zdDpzM2NyM3Q=");
+                let token = request
+                    .split("token=")
+                    .nth(1)
+                    .unwrap_or("")
+                    .split('&')
+                    .next()
+                    .unwrap_or("");
+                let exp = now() + 300;
+                let body = match (authorized, token) {
+                    (false, _) => String::from(r#"{"error":"unauthorized"}"#),
+                    (true, "good") => {
+                        format!(r#"{{"active":true,"scope":"chat read","sub":"dave","exp":{exp}}}"#)
+                    }
+                    (true, "narrow") => {
+                        format!(r#"{{"active":true,"scope":"read","sub":"erin","exp":{exp}}}"#)
+                    }
+                    _ => String::from(r#"{"active":false}"#),
+                };
+                let status = if authorized {
+                    "200 OK"
+                } else {
+                    "401 Unauthorized"
+                };
+                let response = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                stream.write_all(response.as_bytes()).await.unwrap();
+            });
+        }
+    });
+    (url, count)
+}
+
+#[tokio::test]
+async fn oauth2_introspection() {
+    use std::sync::atomic::Ordering;
+    let (endpoint, count) = introspection_endpoint().await;
+    let auth = format!(
+        "[[service.auth]]\noauth2_introspection = {{ url = {endpoint:?}, client_id = \"host\", client_secret = \"s3cr3t\" }}\nscopes = [\"chat\"]\n"
+    );
+    let host = host(&auth, "");
+    let url = host.url("/faulty");
+    let client = Client::connect(&url, bearer("good".into())).await.unwrap();
+    assert_eq!(
+        client.handshake_response().unwrap().header("x-principal"),
+        Some("dave")
+    );
+    assert_eq!(
+        status(&url, bearer("revoked".into())).await,
+        401,
+        "revoked token"
+    );
+    assert_eq!(
+        status(&url, bearer("narrow".into())).await,
+        403,
+        "missing scope"
+    );
+    assert_eq!(status(&url, ClientConfig::default()).await, 401, "no token");
+    let asked = count.load(Ordering::SeqCst);
+    // A second connection with the same token is answered from the cache.
+    assert_eq!(status(&url, bearer("good".into())).await, 101);
+    assert_eq!(count.load(Ordering::SeqCst), asked, "the answer was cached");
+
+    // Wrong client credentials at the endpoint: nobody gets in.
+    let wrong = auth.replace("s3cr3t", "nope");
+    let refused = self::host(&wrong, "");
+    assert_eq!(
+        status(&refused.url("/faulty"), bearer("good".into())).await,
+        401
+    );
+}

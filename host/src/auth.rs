@@ -44,6 +44,7 @@ pub(crate) struct Auth {
 enum Mechanism {
     FileUserStore(HashMap<String, StoredUser>),
     Jwt(Box<JwtValidator>),
+    Introspection(Box<crate::introspection::Introspector>),
 }
 
 struct StoredUser {
@@ -90,12 +91,19 @@ impl Auth {
         let mut built = Vec::with_capacity(entries.len());
         for (index, entry) in entries.iter().enumerate() {
             let field = format!("{field}.auth[{index}]");
-            let mechanism = match (&entry.file_user_store, &entry.jwt_validator) {
-                (Some(path), None) => Mechanism::FileUserStore(load_users(path, &field)?),
-                (None, Some(jwt)) => Mechanism::Jwt(Box::new(jwt_validator(jwt, &field)?)),
+            let mechanism = match (
+                &entry.file_user_store,
+                &entry.jwt_validator,
+                &entry.oauth2_introspection,
+            ) {
+                (Some(path), None, None) => Mechanism::FileUserStore(load_users(path, &field)?),
+                (None, Some(jwt), None) => Mechanism::Jwt(Box::new(jwt_validator(jwt, &field)?)),
+                (None, None, Some(introspection)) => Mechanism::Introspection(Box::new(
+                    crate::introspection::Introspector::new(introspection, &field)?,
+                )),
                 _ => {
                     return Err(format!(
-                        "{field}: give exactly one of file_user_store and jwt_validator"
+                        "{field}: give exactly one of file_user_store, jwt_validator and oauth2_introspection"
                     ));
                 }
             };
@@ -123,12 +131,9 @@ impl Auth {
 
     /// Checks `request`. Password hashing is slow on purpose, so this runs on the
     /// blocking pool.
-    pub(crate) async fn check(self: &std::sync::Arc<Self>, request: &Request) -> Verdict {
+    pub(crate) async fn check(&self, request: &Request) -> Verdict {
         let credentials = self.credentials(request);
-        let auth = self.clone();
-        tokio::task::spawn_blocking(move || auth.verdict(credentials))
-            .await
-            .unwrap_or_else(|_| Verdict::Unauthorized(String::from("Basic realm=\"wasmsocket\"")))
+        self.verdict(credentials).await
     }
 
     fn credentials(&self, request: &Request) -> Option<Credentials> {
@@ -176,11 +181,11 @@ impl Auth {
         None
     }
 
-    fn verdict(&self, credentials: Option<Credentials>) -> Verdict {
+    async fn verdict(&self, credentials: Option<Credentials>) -> Verdict {
         let mut forbidden = false;
         if let Some(credentials) = &credentials {
             for (mechanism, required) in &self.entries {
-                let Some(principal) = mechanism.authenticate(credentials) else {
+                let Some(principal) = mechanism.authenticate(credentials).await else {
                     continue;
                 };
                 if required
@@ -200,7 +205,7 @@ impl Auth {
             .iter()
             .map(|(mechanism, _)| match mechanism {
                 Mechanism::FileUserStore(_) => "Basic realm=\"wasmsocket\"",
-                Mechanism::Jwt(_) => "Bearer realm=\"wasmsocket\"",
+                Mechanism::Jwt(_) | Mechanism::Introspection(_) => "Bearer realm=\"wasmsocket\"",
             })
             .collect();
         challenges.dedup();
@@ -209,20 +214,31 @@ impl Auth {
 }
 
 impl Mechanism {
-    fn authenticate(&self, credentials: &Credentials) -> Option<Principal> {
+    async fn authenticate(&self, credentials: &Credentials) -> Option<Principal> {
         match (self, credentials) {
             (Mechanism::FileUserStore(users), Credentials::Basic { username, password }) => {
                 let user = users.get(username)?;
-                let hash = argon2::PasswordHash::new(&user.hash).ok()?;
-                // Constant-time comparison inside the argon2 verifier.
-                argon2::Argon2::default()
-                    .verify_password(password.as_bytes(), &hash)
-                    .ok()?;
+                let (hash, password) = (user.hash.clone(), password.clone());
+                // Hashing is slow on purpose: off the async workers. The comparison is
+                // constant-time inside the argon2 verifier.
+                let verified = tokio::task::spawn_blocking(move || {
+                    let hash = argon2::PasswordHash::new(&hash).ok()?;
+                    argon2::Argon2::default()
+                        .verify_password(password.as_bytes(), &hash)
+                        .ok()
+                })
+                .await
+                .ok()
+                .flatten();
+                verified?;
                 Some(Principal {
                     subject: username.clone(),
                     scopes: user.scopes.clone(),
                     claims: "{}".into(),
                 })
+            }
+            (Mechanism::Introspection(introspector), Credentials::Bearer(token)) => {
+                introspector.introspect(token).await
             }
             (Mechanism::Jwt(jwt), Credentials::Bearer(token)) => {
                 let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(

@@ -373,9 +373,57 @@ pub struct AuthEntry {
     /// Bearer JWT validation.
     #[serde(default)]
     pub jwt_validator: Option<JwtValidatorConfig>,
+    /// Bearer tokens checked at an OAuth2 introspection endpoint (RFC 7662).
+    #[serde(default)]
+    pub oauth2_introspection: Option<OAuth2IntrospectionConfig>,
     /// Scopes the client must have, all of them; missing ones → 403.
     #[serde(default)]
     pub scopes: Vec<String>,
+}
+
+/// Ballerina's `OAuth2IntrospectionConfig`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct OAuth2IntrospectionConfig {
+    /// The endpoint, `http://` or `https://`.
+    pub url: String,
+    /// Sent as `token_type_hint`. Default `access_token`.
+    #[serde(default = "default_token_type_hint")]
+    pub token_type_hint: String,
+    /// The response field holding the scopes (space-separated or an array). Default
+    /// `scope`.
+    #[serde(default = "default_scope_key")]
+    pub scope_key: String,
+    /// Credentials the host presents to the endpoint (HTTP Basic), if it wants them.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// The secret that goes with `client_id`.
+    #[serde(default)]
+    pub client_secret: Option<String>,
+    /// A PEM file of CA certificates to trust for an `https://` endpoint (default:
+    /// the Mozilla roots).
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// Seconds an answer is cached (never past the token's `exp`). Default 60; 0
+    /// asks every time.
+    #[serde(default = "default_introspection_cache")]
+    pub cache_seconds: f64,
+    /// Seconds one introspection may take. Default 5.
+    #[serde(default = "default_introspection_timeout")]
+    pub timeout: f64,
+}
+
+fn default_token_type_hint() -> String {
+    "access_token".into()
+}
+
+fn default_introspection_cache() -> f64 {
+    60.0
+}
+
+fn default_introspection_timeout() -> f64 {
+    5.0
 }
 
 /// Ballerina's `JwtValidatorConfig`.
@@ -520,6 +568,12 @@ impl Config {
                 }) = &mut entry.jwt_validator
                 {
                     *cert_file = base.join(&*cert_file);
+                }
+                if let Some(OAuth2IntrospectionConfig {
+                    cert: Some(cert), ..
+                }) = &mut entry.oauth2_introspection
+                {
+                    *cert = base.join(&*cert);
                 }
             }
         }

@@ -16,6 +16,7 @@ mod engine;
 mod error;
 mod files;
 mod http;
+mod introspection;
 mod runtime;
 mod server;
 mod tls;
@@ -23,8 +24,8 @@ mod topics;
 
 pub use config::{
     AuthEntry, CertKey, Config, DirGrant, Grants, Http1Settings, JwtSignature, JwtValidatorConfig,
-    KeepAlive, ListenerConfig, ListenerSecureSocket, MutualSsl, RequestLimits, SandboxLimits,
-    ServiceConfig, StaticFiles, TlsProtocol, VerifyClient,
+    KeepAlive, ListenerConfig, ListenerSecureSocket, MutualSsl, OAuth2IntrospectionConfig,
+    RequestLimits, SandboxLimits, ServiceConfig, StaticFiles, TlsProtocol, VerifyClient,
 };
 pub use error::{Error, Result};
 pub use server::{Server, ServerHandle};
