@@ -277,13 +277,7 @@ async fn plaintext_passwords_are_refused_at_start() {
         ),
     )
     .unwrap();
-    let output = std::process::Command::new(wasmsocket_tests::host_binary())
-        .args(["check", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = wasmsocket_tests::failing_check(&config);
     assert!(
         stderr.contains("service[0].auth[0].file_user_store") && stderr.contains("PHC"),
         "{stderr}"

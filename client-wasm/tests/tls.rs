@@ -156,13 +156,7 @@ async fn a_bad_key_file_is_a_startup_error_naming_it() {
         ),
     )
     .unwrap();
-    let output = std::process::Command::new(wasmsocket_tests::host_binary())
-        .args(["check", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = wasmsocket_tests::failing_check(&config);
     assert!(
         stderr.contains("key_file") && stderr.contains("missing.key"),
         "{stderr}"

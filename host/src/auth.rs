@@ -253,16 +253,7 @@ impl Mechanism {
                     .and_then(|s| s.as_str())
                     .unwrap_or("")
                     .to_owned();
-                let scopes = match claims.get(&jwt.scope_key) {
-                    Some(serde_json::Value::String(list)) => {
-                        list.split_whitespace().map(str::to_owned).collect()
-                    }
-                    Some(serde_json::Value::Array(list)) => list
-                        .iter()
-                        .filter_map(|s| s.as_str().map(str::to_owned))
-                        .collect(),
-                    _ => Vec::new(),
-                };
+                let scopes = scopes_of(claims.get(&jwt.scope_key));
                 Some(Principal {
                     subject,
                     scopes,
@@ -271,6 +262,21 @@ impl Mechanism {
             }
             _ => None,
         }
+    }
+}
+
+/// The scopes in a JWT claim or introspection field: a space-separated string or an
+/// array of strings (RFC 8693 §4.2 and common practice).
+pub(crate) fn scopes_of(value: Option<&serde_json::Value>) -> Vec<String> {
+    match value {
+        Some(serde_json::Value::String(list)) => {
+            list.split_whitespace().map(str::to_owned).collect()
+        }
+        Some(serde_json::Value::Array(list)) => list
+            .iter()
+            .filter_map(|s| s.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
     }
 }
 

@@ -181,16 +181,7 @@ impl Introspector {
         if json.get("active").and_then(|a| a.as_bool()) != Some(true) {
             return Ok(None);
         }
-        let scopes = match json.get(&self.scope_key) {
-            Some(serde_json::Value::String(list)) => {
-                list.split_whitespace().map(str::to_owned).collect()
-            }
-            Some(serde_json::Value::Array(list)) => list
-                .iter()
-                .filter_map(|s| s.as_str().map(str::to_owned))
-                .collect(),
-            _ => Vec::new(),
-        };
+        let scopes = crate::auth::scopes_of(json.get(&self.scope_key));
         let subject = ["sub", "username"]
             .iter()
             .find_map(|key| json.get(*key).and_then(|v| v.as_str()))

@@ -30,6 +30,18 @@ pub fn host_binary() -> PathBuf {
     binary
 }
 
+/// Runs `wasmsocket check --config FILE`; returns the error output of a check that
+/// failed (panics if it passed).
+pub fn failing_check(config: &std::path::Path) -> String {
+    let output = Command::new(host_binary())
+        .args(["check", "--config"])
+        .arg(config)
+        .output()
+        .expect("run wasmsocket check");
+    assert!(!output.status.success(), "the check passed");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 /// A private scratch directory for one test.
 pub fn scratch_dir(label: &str) -> PathBuf {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
