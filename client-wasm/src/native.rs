@@ -247,9 +247,7 @@ impl Connection {
                     }
                 }
                 OpCode::Close => {
-                    let code = frame.close_code().map_or(1005, u16::from);
-                    let reason = frame.close_reason().ok().flatten().unwrap_or("").to_owned();
-                    self.closed = Some((code, reason));
+                    self.closed = Some(close_of(&frame));
                     // Send the close reply the engine queued, then shut the socket.
                     let _ = self.ws.next_frame().await;
                     let _ = SinkExt::close(&mut self.ws).await;
@@ -301,9 +299,7 @@ impl Connection {
             loop {
                 match self.ws.next_frame().await {
                     Ok(frame) if frame.opcode() == OpCode::Close => {
-                        let code = frame.close_code().map_or(1005, u16::from);
-                        let reason = frame.close_reason().ok().flatten().unwrap_or("").to_owned();
-                        return (code, reason);
+                        return close_of(&frame);
                     }
                     Ok(_) => continue,
                     Err(_) => return (1006, String::new()),
@@ -554,6 +550,13 @@ async fn read_response(stream: &mut Transport) -> Result<(HandshakeResponse, Str
         }
         return Ok((response, body, rest.freeze()));
     }
+}
+
+/// A received close frame's code (1005 when it carries none) and reason.
+fn close_of(frame: &Frame) -> (u16, String) {
+    let code = frame.close_code().map_or(1005, u16::from);
+    let reason = frame.close_reason().ok().flatten().unwrap_or("").to_owned();
+    (code, reason)
 }
 
 fn accept_key(key: &[u8]) -> String {

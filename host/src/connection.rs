@@ -516,8 +516,7 @@ where
             OpCode::Close => {
                 // The engine has queued the close reply; drain() sends it.
                 let _ = self.instance.mark_closing(&self.session);
-                let code = frame.close_code().map_or(1005, u16::from);
-                let reason = frame.close_reason().ok().flatten().unwrap_or("").to_owned();
+                let (code, reason) = engine::close_of(&frame);
                 debug!(code, %reason, "peer closed");
                 let _ = self.deliver_final(Event::Close(code, &reason)).await;
                 self.drain().await;
@@ -666,9 +665,7 @@ where
             loop {
                 match self.ws.next_frame().await {
                     Ok(frame) if frame.opcode() == OpCode::Close => {
-                        let code = frame.close_code().map_or(1005, u16::from);
-                        let reason = frame.close_reason().ok().flatten().unwrap_or("").to_owned();
-                        return Some((code, reason));
+                        return Some(engine::close_of(&frame));
                     }
                     Ok(_) => continue,
                     Err(_) => return None,

@@ -94,6 +94,13 @@ pub(crate) fn close_code_of(error: &WebSocketError) -> u16 {
     }
 }
 
+/// A received close frame's code (1005 when it carries none) and reason.
+pub(crate) fn close_of(frame: &Frame) -> (u16, String) {
+    let code = frame.close_code().map_or(1005, u16::from);
+    let reason = frame.close_reason().ok().flatten().unwrap_or("").to_owned();
+    (code, reason)
+}
+
 /// The `Sec-WebSocket-Accept` value for a `Sec-WebSocket-Key` (RFC 6455 §4.2.2).
 pub(crate) fn accept_key(key: &[u8]) -> String {
     use base64::Engine as _;
