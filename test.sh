@@ -8,6 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/setup.sh
 source scripts/setup-browser.sh
+source scripts/setup-services.sh
 
 echo "== format and lints"
 cargo fmt --all -- --check

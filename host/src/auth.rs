@@ -1,6 +1,7 @@
 //! Listener authentication (spec 5.2), checked on the upgrade request before the
-//! guest sees it: Basic against a file user store (argon2id PHC hashes) and JWT
-//! validation, each with required scopes. The first entry that authenticates and
+//! guest sees it: Basic against a file user store (argon2id PHC hashes) or an LDAP
+//! directory, JWT validation (fixed key or JWKS URL) and OAuth2 token introspection,
+//! each with required scopes. The first entry that authenticates and
 //! grants the scopes wins; no credentials or bad ones → 401, missing scope → 403.
 
 use std::collections::HashMap;
@@ -43,6 +44,7 @@ pub(crate) struct Auth {
 
 enum Mechanism {
     FileUserStore(HashMap<String, StoredUser>),
+    Ldap(Box<crate::ldap::LdapUserStore>),
     Jwt(Box<JwtValidator>),
     Introspection(Box<crate::introspection::Introspector>),
 }
@@ -53,9 +55,16 @@ struct StoredUser {
 }
 
 struct JwtValidator {
-    key: jsonwebtoken::DecodingKey,
+    keys: JwtKeys,
     validation: jsonwebtoken::Validation,
     scope_key: String,
+}
+
+enum JwtKeys {
+    /// One key; the validation lists its algorithms.
+    Fixed(jsonwebtoken::DecodingKey),
+    /// Keys from a JWKS URL, chosen per token.
+    Jwks(crate::jwks::Jwks),
 }
 
 #[derive(Deserialize)]
@@ -93,17 +102,26 @@ impl Auth {
             let field = format!("{field}.auth[{index}]");
             let mechanism = match (
                 &entry.file_user_store,
+                &entry.ldap_user_store,
                 &entry.jwt_validator,
                 &entry.oauth2_introspection,
             ) {
-                (Some(path), None, None) => Mechanism::FileUserStore(load_users(path, &field)?),
-                (None, Some(jwt), None) => Mechanism::Jwt(Box::new(jwt_validator(jwt, &field)?)),
-                (None, None, Some(introspection)) => Mechanism::Introspection(Box::new(
+                (Some(path), None, None, None) => {
+                    Mechanism::FileUserStore(load_users(path, &field)?)
+                }
+                (None, Some(ldap), None, None) => Mechanism::Ldap(Box::new(
+                    crate::ldap::LdapUserStore::new(ldap, &format!("{field}.ldap_user_store"))?,
+                )),
+                (None, None, Some(jwt), None) => {
+                    Mechanism::Jwt(Box::new(jwt_validator(jwt, &field)?))
+                }
+                (None, None, None, Some(introspection)) => Mechanism::Introspection(Box::new(
                     crate::introspection::Introspector::new(introspection, &field)?,
                 )),
                 _ => {
                     return Err(format!(
-                        "{field}: give exactly one of file_user_store, jwt_validator and oauth2_introspection"
+                        "{field}: give exactly one of file_user_store, ldap_user_store, \
+                         jwt_validator and oauth2_introspection"
                     ));
                 }
             };
@@ -204,7 +222,7 @@ impl Auth {
             .entries
             .iter()
             .map(|(mechanism, _)| match mechanism {
-                Mechanism::FileUserStore(_) => "Basic realm=\"wasmsocket\"",
+                Mechanism::FileUserStore(_) | Mechanism::Ldap(_) => "Basic realm=\"wasmsocket\"",
                 Mechanism::Jwt(_) | Mechanism::Introspection(_) => "Bearer realm=\"wasmsocket\"",
             })
             .collect();
@@ -237,17 +255,14 @@ impl Mechanism {
                     claims: "{}".into(),
                 })
             }
+            (Mechanism::Ldap(store), Credentials::Basic { username, password }) => {
+                store.authenticate(username, password).await
+            }
             (Mechanism::Introspection(introspector), Credentials::Bearer(token)) => {
                 introspector.introspect(token).await
             }
             (Mechanism::Jwt(jwt), Credentials::Bearer(token)) => {
-                let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
-                    token,
-                    &jwt.key,
-                    &jwt.validation,
-                )
-                .ok()?;
-                let claims = data.claims;
+                let claims = jwt.decode(token).await?;
                 let subject = claims
                     .get("sub")
                     .and_then(|s| s.as_str())
@@ -261,6 +276,29 @@ impl Mechanism {
                 })
             }
             _ => None,
+        }
+    }
+}
+
+impl JwtValidator {
+    /// The claims of a valid token.
+    async fn decode(&self, token: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
+        type Claims = serde_json::Map<String, serde_json::Value>;
+        match &self.keys {
+            JwtKeys::Fixed(key) => jsonwebtoken::decode::<Claims>(token, key, &self.validation)
+                .ok()
+                .map(|data| data.claims),
+            JwtKeys::Jwks(jwks) => {
+                let header = jsonwebtoken::decode_header(token).ok()?;
+                let mut validation = self.validation.clone();
+                validation.algorithms = vec![header.alg];
+                for key in jwks.keys_for(header.kid.as_deref(), header.alg).await {
+                    if let Ok(data) = jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
+                        return Some(data.claims);
+                    }
+                }
+                None
+            }
         }
     }
 }
@@ -320,7 +358,7 @@ fn load_users(path: &Path, field: &str) -> Result<HashMap<String, StoredUser>, S
 
 fn jwt_validator(config: &JwtValidatorConfig, field: &str) -> Result<JwtValidator, String> {
     use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-    let (key, algorithms) = match &config.signature {
+    let (keys, algorithms) = match &config.signature {
         JwtSignature::CertFile { cert_file } => {
             let pem = std::fs::read(cert_file).map_err(|e| {
                 format!(
@@ -329,21 +367,32 @@ fn jwt_validator(config: &JwtValidatorConfig, field: &str) -> Result<JwtValidato
                 )
             })?;
             match DecodingKey::from_rsa_pem(&pem) {
-                Ok(key) => (key, vec![Algorithm::RS256, Algorithm::RS384, Algorithm::RS512]),
+                Ok(key) => (
+                    JwtKeys::Fixed(key),
+                    vec![Algorithm::RS256, Algorithm::RS384, Algorithm::RS512],
+                ),
                 Err(_) => (
-                    DecodingKey::from_ec_pem(&pem).map_err(|e| {
+                    JwtKeys::Fixed(DecodingKey::from_ec_pem(&pem).map_err(|e| {
                         format!(
                             "{field}.jwt_validator.signature.cert_file: {} holds no RSA or EC public key: {e}",
                             cert_file.display()
                         )
-                    })?,
+                    })?),
                     vec![Algorithm::ES256, Algorithm::ES384],
                 ),
             }
         }
         JwtSignature::Secret { secret } => (
-            DecodingKey::from_secret(secret.as_bytes()),
+            JwtKeys::Fixed(DecodingKey::from_secret(secret.as_bytes())),
             vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512],
+        ),
+        // Each key allows its own algorithms; the list here is replaced per token.
+        JwtSignature::Jwks { jwks } => (
+            JwtKeys::Jwks(crate::jwks::Jwks::new(
+                jwks,
+                &format!("{field}.jwt_validator.signature.jwks"),
+            )?),
+            vec![Algorithm::RS256],
         ),
     };
     let mut validation = Validation::new(algorithms[0]);
@@ -361,7 +410,7 @@ fn jwt_validator(config: &JwtValidatorConfig, field: &str) -> Result<JwtValidato
         validation.set_audience(&config.audience);
     }
     Ok(JwtValidator {
-        key,
+        keys,
         validation,
         scope_key: config.scope_key.clone(),
     })

@@ -122,6 +122,10 @@ pub struct ListenerSecureSocket {
     /// Seconds the TLS handshake may take. Default 10.
     #[serde(default = "default_tls_handshake_timeout")]
     pub handshake_timeout: f64,
+    /// Seconds a TLS session may be resumed after it was established (session cache
+    /// and tickets). Default: rustls's, 6 hours for tickets.
+    #[serde(default)]
+    pub session_timeout: Option<f64>,
 }
 
 fn default_tls_handshake_timeout() -> f64 {
@@ -370,6 +374,10 @@ pub struct AuthEntry {
     /// `password` (a PHC-format argon2 hash) and `scopes`.
     #[serde(default)]
     pub file_user_store: Option<PathBuf>,
+    /// Basic authentication against an LDAP directory; the user's groups are its
+    /// scopes.
+    #[serde(default)]
+    pub ldap_user_store: Option<LdapUserStoreConfig>,
     /// Bearer JWT validation.
     #[serde(default)]
     pub jwt_validator: Option<JwtValidatorConfig>,
@@ -467,6 +475,103 @@ pub enum JwtSignature {
         /// The secret.
         secret: String,
     },
+    /// Public keys from a JWKS URL (RFC 7517), chosen by the token's `kid`.
+    Jwks {
+        /// Where the key set is.
+        jwks: JwksConfig,
+    },
+}
+
+/// Ballerina's `JwksConfig`: a key set fetched over HTTP(S).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct JwksConfig {
+    /// The key set's URL, `http://` or `https://`.
+    pub url: String,
+    /// A PEM file of CA certificates to trust for an `https://` URL (default: the
+    /// Mozilla roots).
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// Seconds the keys are kept before they are fetched again. Default 3600. A token
+    /// naming an unknown key id fetches them early (at most once a second).
+    #[serde(default = "default_jwks_cache")]
+    pub cache_seconds: f64,
+    /// Seconds one fetch may take. Default 5.
+    #[serde(default = "default_introspection_timeout")]
+    pub timeout: f64,
+}
+
+fn default_jwks_cache() -> f64 {
+    3600.0
+}
+
+/// Ballerina's `LdapUserStoreConfig`: Basic credentials checked against an LDAP
+/// directory. The host binds with the service account, finds the user's entry, binds
+/// as the user with the given password, and takes the names of the groups the entry
+/// is a member of as the user's scopes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct LdapUserStoreConfig {
+    /// The directory's domain, e.g. `example.com` (used in log messages).
+    #[serde(default)]
+    pub domain_name: String,
+    /// `ldap://host:port` or `ldaps://host:port`.
+    pub connection_url: String,
+    /// The service account's DN, used to search (empty: anonymous).
+    #[serde(default)]
+    pub connection_name: String,
+    /// The service account's password.
+    #[serde(default)]
+    pub connection_password: String,
+    /// Where user entries are searched (subtree).
+    pub user_search_base: String,
+    /// The filter finding a user; `?` stands for the (escaped) user name. Default
+    /// `(&(objectClass=inetOrgPerson)(uid=?))`.
+    #[serde(default = "default_user_filter")]
+    pub user_name_search_filter: String,
+    /// Where groups are searched (subtree), each in turn. Empty: no groups, no scopes.
+    #[serde(default)]
+    pub group_search_base: Vec<String>,
+    /// The object class of group entries. Default `groupOfNames`.
+    #[serde(default = "default_group_class")]
+    pub group_entry_object_class: String,
+    /// The group attribute naming it (the scope). Default `cn`.
+    #[serde(default = "default_group_name")]
+    pub group_name_attribute: String,
+    /// The group attribute listing member DNs. Default `member`.
+    #[serde(default = "default_membership")]
+    pub membership_attribute: String,
+    /// Seconds to connect. Default 5.
+    #[serde(default = "default_introspection_timeout")]
+    pub connection_timeout: f64,
+    /// Seconds one authentication (all its LDAP operations) may take. Default 5.
+    #[serde(default = "default_introspection_timeout")]
+    pub read_timeout: f64,
+    /// Upgrade an `ldap://` connection with StartTLS. Default false.
+    #[serde(default)]
+    pub start_tls: bool,
+    /// A PEM file of CA certificates to trust for `ldaps://` or StartTLS (default:
+    /// the Mozilla roots).
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+}
+
+fn default_user_filter() -> String {
+    "(&(objectClass=inetOrgPerson)(uid=?))".into()
+}
+
+fn default_group_class() -> String {
+    "groupOfNames".into()
+}
+
+fn default_group_name() -> String {
+    "cn".into()
+}
+
+fn default_membership() -> String {
+    "member".into()
 }
 
 /// What one component instance may consume.
@@ -572,6 +677,25 @@ impl Config {
                 if let Some(OAuth2IntrospectionConfig {
                     cert: Some(cert), ..
                 }) = &mut entry.oauth2_introspection
+                {
+                    *cert = base.join(&*cert);
+                }
+                if let Some(JwtValidatorConfig {
+                    signature:
+                        JwtSignature::Jwks {
+                            jwks:
+                                JwksConfig {
+                                    cert: Some(cert), ..
+                                },
+                        },
+                    ..
+                }) = &mut entry.jwt_validator
+                {
+                    *cert = base.join(&*cert);
+                }
+                if let Some(LdapUserStoreConfig {
+                    cert: Some(cert), ..
+                }) = &mut entry.ldap_user_store
                 {
                     *cert = base.join(&*cert);
                 }

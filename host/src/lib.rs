@@ -17,15 +17,19 @@ mod error;
 mod files;
 mod http;
 mod introspection;
+mod jwks;
+mod ldap;
+mod outbound;
 mod runtime;
 mod server;
 mod tls;
 mod topics;
 
 pub use config::{
-    AuthEntry, CertKey, Config, DirGrant, Grants, Http1Settings, JwtSignature, JwtValidatorConfig,
-    KeepAlive, ListenerConfig, ListenerSecureSocket, MutualSsl, OAuth2IntrospectionConfig,
-    RequestLimits, SandboxLimits, ServiceConfig, StaticFiles, TlsProtocol, VerifyClient,
+    AuthEntry, CertKey, Config, DirGrant, Grants, Http1Settings, JwksConfig, JwtSignature,
+    JwtValidatorConfig, KeepAlive, LdapUserStoreConfig, ListenerConfig, ListenerSecureSocket,
+    MutualSsl, OAuth2IntrospectionConfig, RequestLimits, SandboxLimits, ServiceConfig, StaticFiles,
+    TlsProtocol, VerifyClient,
 };
 pub use error::{Error, Result};
 pub use server::{Server, ServerHandle};

@@ -51,6 +51,22 @@ pub(crate) fn acceptor(config: &ListenerSecureSocket) -> Result<TlsAcceptor, Str
     if config.share_session {
         server.ticketer = rustls::crypto::ring::Ticketer::new()
             .map_err(|e| format!("listener.secure_socket.share_session: {e}"))?;
+        if let Some(seconds) = config.session_timeout {
+            if !(seconds.is_finite() && seconds >= 1.0 && seconds <= f64::from(u32::MAX)) {
+                return Err(
+                    "listener.secure_socket.session_timeout: must be 1 second or more".into(),
+                );
+            }
+            let timeout = seconds as u64;
+            server.session_storage = Arc::new(Expiring {
+                inner: server.session_storage.clone(),
+                timeout,
+            });
+            server.ticketer = Arc::new(Expiring {
+                inner: server.ticketer.clone(),
+                timeout,
+            });
+        }
     } else {
         server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         server.send_tls13_tickets = 0;
@@ -135,4 +151,184 @@ fn provider(ciphers: &[String]) -> Result<rustls::crypto::CryptoProvider, String
         ));
     }
     Ok(provider)
+}
+
+/// Session cache entries and tickets that stop resuming `timeout` seconds after they
+/// were made (Ballerina's `sessionTimeout`): the creation time travels in front of
+/// the stored value, and inside the encrypted ticket.
+#[derive(Debug)]
+struct Expiring<T: ?Sized> {
+    inner: Arc<T>,
+    timeout: u64,
+}
+
+impl<T: ?Sized> Expiring<T> {
+    fn stamp(value: &[u8]) -> Vec<u8> {
+        let mut stamped = Vec::with_capacity(8 + value.len());
+        stamped.extend_from_slice(&unix_now().to_be_bytes());
+        stamped.extend_from_slice(value);
+        stamped
+    }
+
+    fn unstamp(&self, stamped: Vec<u8>) -> Option<Vec<u8>> {
+        let made = u64::from_be_bytes(stamped.get(..8)?.try_into().ok()?);
+        (unix_now().saturating_sub(made) < self.timeout).then(|| stamped[8..].to_vec())
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+impl rustls::server::StoresServerSessions for Expiring<dyn rustls::server::StoresServerSessions> {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        self.inner.put(key, Self::stamp(&value))
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.unstamp(self.inner.get(key)?)
+    }
+
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.unstamp(self.inner.take(key)?)
+    }
+
+    fn can_cache(&self) -> bool {
+        self.inner.can_cache()
+    }
+}
+
+impl rustls::server::ProducesTickets for Expiring<dyn rustls::server::ProducesTickets> {
+    fn enabled(&self) -> bool {
+        self.inner.enabled()
+    }
+
+    fn lifetime(&self) -> u32 {
+        self.inner
+            .lifetime()
+            .min(u32::try_from(self.timeout).unwrap_or(u32::MAX))
+    }
+
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        self.inner.encrypt(&Self::stamp(plain))
+    }
+
+    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+        self.unstamp(self.inner.decrypt(cipher)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use rustls::HandshakeKind;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A listener config with a fresh self-signed certificate; the client config
+    /// trusting it, with its own session cache.
+    fn pair(
+        share_session: bool,
+        session_timeout: Option<f64>,
+        versions: &[&str],
+    ) -> (TlsAcceptor, Arc<rustls::ClientConfig>) {
+        let dir = std::env::temp_dir().join(format!(
+            "wasmsocket-tls-unit-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        std::fs::write(dir.join("cert.pem"), cert.cert.pem()).unwrap();
+        std::fs::write(dir.join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
+        let protocol = if versions.is_empty() {
+            String::new()
+        } else {
+            format!("protocol = {{ name = \"TLS\", versions = {versions:?} }}\n")
+        };
+        let config: ListenerSecureSocket = toml::from_str(&format!(
+            "key = {{ cert_file = {:?}, key_file = {:?} }}\nshare_session = {share_session}\n{}{protocol}",
+            dir.join("cert.pem"),
+            dir.join("key.pem"),
+            session_timeout
+                .map(|s| format!("session_timeout = {s:?}\n"))
+                .unwrap_or_default(),
+        ))
+        .unwrap();
+        let acceptor = acceptor(&config).unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(cert.cert.der().clone()).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        (acceptor, Arc::new(client))
+    }
+
+    fn rand_suffix() -> u64 {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// One full TLS connection that exchanges a byte (so TLS 1.3 tickets arrive);
+    /// how the handshake went.
+    async fn connect(acceptor: &TlsAcceptor, client: &Arc<rustls::ClientConfig>) -> HandshakeKind {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = acceptor.clone();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut tls = acceptor.accept(tcp).await.unwrap();
+            let mut byte = [0u8; 1];
+            tls.read_exact(&mut byte).await.unwrap();
+            tls.write_all(&byte).await.unwrap();
+            tls.shutdown().await.unwrap();
+        });
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let connector = tokio_rustls::TlsConnector::from(client.clone());
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        tls.write_all(b"x").await.unwrap();
+        let mut rest = Vec::new();
+        tls.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, b"x");
+        let kind = tls.get_ref().1.handshake_kind().unwrap();
+        server.await.unwrap();
+        kind
+    }
+
+    #[tokio::test]
+    async fn sessions_resume_until_the_session_timeout() {
+        for versions in [&["TLSv1.3"][..], &["TLSv1.2"][..]] {
+            let (acceptor, client) = pair(true, Some(1.0), versions);
+            assert_eq!(connect(&acceptor, &client).await, HandshakeKind::Full);
+            assert_eq!(
+                connect(&acceptor, &client).await,
+                HandshakeKind::Resumed,
+                "{versions:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(2100)).await;
+            assert_eq!(
+                connect(&acceptor, &client).await,
+                HandshakeKind::Full,
+                "{versions:?}: resumed after the session timeout"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn share_session_false_never_resumes() {
+        let (acceptor, client) = pair(false, None, &[]);
+        assert_eq!(connect(&acceptor, &client).await, HandshakeKind::Full);
+        assert_eq!(connect(&acceptor, &client).await, HandshakeKind::Full);
+    }
 }
