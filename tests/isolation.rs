@@ -1,6 +1,7 @@
 //! Fault isolation: a guest that panics, loops forever or allocates without end takes
 //! down only its own connection (close 1011); a parallel connection on the same host
-//! keeps echoing, and new connections are served.
+//! keeps echoing, and new connections are served. In shared mode a trap takes down
+//! the connections of its instance only.
 
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::connect_async;
@@ -58,4 +59,101 @@ async fn infinite_loop_closes_only_its_connection() {
 #[tokio::test]
 async fn endless_allocation_closes_only_its_connection() {
     misbehaviour_closes_only_its_connection("alloc").await;
+}
+
+/// Shared mode: the sessions of many connections live in one instance. They keep
+/// their own state, and a trap closes every connection of that instance with 1011 —
+/// and only those: another instance's connections keep going, and a fresh instance
+/// serves newcomers.
+async fn shared_instance_trap_closes_its_connections(command: &str) {
+    let mut host = Host::start(&format!(
+        "[listener]\nhost = \"127.0.0.1\"\nport = 0\n\n\
+         [[service]]\npath = \"/shared\"\ncomponent = {c:?}\nmode = \"shared\"\nshared_instances = 1\n\
+         [service.limits]\ncallback_timeout = 0.5\nmax_memory = 33554432\n\n\
+         [[service]]\npath = \"/other\"\ncomponent = {c:?}\nmode = \"shared\"\nshared_instances = 1\n",
+        c = components::FAULTY
+    ));
+    let url = host.url("/shared");
+    let mut clients = Vec::new();
+    for index in 0..5 {
+        let (mut client, _) = connect_async(&url).await.unwrap();
+        client
+            .send(Message::text(format!("attr who {index}")))
+            .await
+            .unwrap();
+        clients.push(client);
+    }
+    // One instance, five sessions, five callers: each sees its own attribute.
+    for (index, client) in clients.iter_mut().enumerate() {
+        client.send(Message::text("attr who")).await.unwrap();
+        assert_eq!(next(client).await, Message::text(index.to_string()));
+    }
+    let (mut elsewhere, _) = connect_async(host.url("/other")).await.unwrap();
+
+    clients[0].send(Message::text(command)).await.unwrap();
+    for client in &mut clients {
+        match next(client).await {
+            Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 1011, "{command}"),
+            other => panic!("{command}: expected close 1011, got {other:?}"),
+        }
+    }
+
+    elsewhere.send(Message::text("still here")).await.unwrap();
+    assert_eq!(next(&mut elsewhere).await, Message::text("still here"));
+    let (mut newcomer, _) = connect_async(&url).await.unwrap();
+    newcomer.send(Message::text("attr who")).await.unwrap();
+    assert_eq!(
+        next(&mut newcomer).await,
+        Message::text("<none>"),
+        "a fresh instance, not the trapped one"
+    );
+    newcomer.send(Message::text("new")).await.unwrap();
+    assert_eq!(next(&mut newcomer).await, Message::text("new"));
+    assert!(host.is_running());
+}
+
+#[tokio::test]
+async fn shared_instance_panic_closes_its_connections() {
+    shared_instance_trap_closes_its_connections("panic").await;
+}
+
+#[tokio::test]
+async fn shared_instance_infinite_loop_closes_its_connections() {
+    shared_instance_trap_closes_its_connections("loop").await;
+}
+
+/// Shared mode ends each session when its connection ends: the guest's destructor
+/// runs (the component counts its live sessions) and the host forgets the caller.
+#[tokio::test]
+async fn shared_instance_sessions_end_with_their_connections() {
+    let host = Host::with_service(
+        "/shared",
+        components::FAULTY,
+        "mode = \"shared\"\nshared_instances = 1",
+    );
+    let url = host.url("/shared");
+    let (mut long_lived, _) = connect_async(&url).await.unwrap();
+    let mut others = Vec::new();
+    for _ in 0..20 {
+        others.push(connect_async(&url).await.unwrap().0);
+    }
+    long_lived.send(Message::text("live")).await.unwrap();
+    assert_eq!(next(&mut long_lived).await, Message::text("21"));
+    for mut client in others {
+        client.close(None).await.unwrap();
+        while let Some(Ok(_)) = client.next().await {}
+    }
+    // The host ends a session once its close handshake is over.
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        long_lived.send(Message::text("live")).await.unwrap();
+        if next(&mut long_lived).await == Message::text("1") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "sessions outlived their connections"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }

@@ -314,6 +314,15 @@ pub struct ServiceConfig {
     /// larger one closes the connection with 1009. Default 1 MiB.
     #[serde(default = "default_max_message_size")]
     pub max_message_size: usize,
+    /// How connections map to component instances: `"isolated"` (the default, one
+    /// instance per connection) or `"shared"` (many connections' sessions in a few
+    /// instances).
+    #[serde(default)]
+    pub mode: InstanceMode,
+    /// In shared mode, how many instances the connections are spread over. Default:
+    /// one per CPU.
+    #[serde(default)]
+    pub shared_instances: Option<usize>,
     /// Limits on the component's sandbox.
     #[serde(default)]
     pub limits: SandboxLimits,
@@ -335,6 +344,22 @@ pub struct ServiceConfig {
     /// shown to the guest. Off by default.
     #[serde(default)]
     pub token_subprotocol_prefix: Option<String>,
+}
+
+/// How a service's connections map to component instances.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum InstanceMode {
+    /// One instance (one store, one linear memory) per connection: a trap, a runaway
+    /// loop or a memory blow-up ends that connection only.
+    #[default]
+    Isolated,
+    /// Each instance holds the sessions of many connections, as resources: far less
+    /// memory and set-up time per connection, but a trap in one callback closes every
+    /// connection of that instance (1011) and a fresh instance takes over. The memory
+    /// limit is per instance.
+    Shared,
 }
 
 /// What a component may reach beyond the WebSocket: explicit environment variables
@@ -846,7 +871,26 @@ impl ServiceConfig {
                 field("limits.max_memory")
             ));
         }
+        match (service.mode, service.shared_instances) {
+            (InstanceMode::Shared, Some(0)) => {
+                return Err(format!("{}: must be positive", field("shared_instances")));
+            }
+            (InstanceMode::Isolated, Some(_)) => {
+                return Err(format!(
+                    "{}: only with mode = \"shared\"",
+                    field("shared_instances")
+                ));
+            }
+            _ => {}
+        }
         Ok(())
+    }
+
+    /// In shared mode, how many instances serve the service.
+    pub fn shared_instance_count(&self) -> usize {
+        self.shared_instances.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        })
     }
 
     /// A service at `path` served by `component`, with the specification's defaults.
@@ -858,6 +902,8 @@ impl ServiceConfig {
             idle_timeout: 0.0,
             max_frame_size: default_max_frame_size(),
             max_message_size: default_max_message_size(),
+            mode: InstanceMode::default(),
+            shared_instances: None,
             limits: SandboxLimits::default(),
             grants: Grants::default(),
             auth: Vec::new(),

@@ -13,7 +13,7 @@ use crate::auth::Verdict;
 use crate::engine::{self, CloseCode, Frame, OpCode, WebSocket};
 use crate::http::{self, ReadError, Request, Upgrade};
 use crate::runtime::{
-    Accepted, CallbackError, Callbacks, Decision, Event, Header, Instance, Outgoing, Session,
+    Accepted, CallbackError, Callbacks, Decision, Event, Header, InstanceHandle, Outgoing, Session,
     UpgradeRequest, describe_trap, is_sendable_close_code, truncate_reason,
 };
 use crate::server::{Service, Shared};
@@ -77,7 +77,13 @@ where
         let upgrade = request.upgrade();
         if let (Some(service), Upgrade::WebSocket { key }) = (&service, &upgrade) {
             let leftover = buf.split().freeze();
-            websocket(shared, service, io, &request, key, leftover, remote, secure).await;
+            // The handshake's state is dropped before the connection's runs; both are
+            // boxed so that neither sizes this future (a task is as large as its
+            // largest state, and idle connections should carry little).
+            let handshake = websocket(shared, service, io, &request, key, leftover, remote, secure);
+            if let Some(connection) = Box::pin(handshake).await {
+                Box::pin(connection.serve()).await;
+            }
             return;
         }
 
@@ -120,7 +126,8 @@ where
             }
             (None, Upgrade::NotRequested) if shared.static_files.is_some() => {
                 let files = shared.static_files.as_ref().expect("checked");
-                match crate::files::serve(files, &request, &mut io, server, keep_alive).await {
+                let sent = crate::files::serve(files, &request, &mut io, server, keep_alive);
+                match Box::pin(sent).await {
                     Ok(true) => Ok(()),
                     Ok(false) => {
                         http::respond_with(&mut io, 404, &[], server, "not found", keep_alive).await
@@ -146,7 +153,8 @@ where
     }
 }
 
-/// Runs the upgrade hook, answers `101` and serves the WebSocket connection.
+/// Authenticates, runs the upgrade hook and answers `101`: the connection, ready to
+/// run; `None` when the upgrade was refused (and answered).
 #[expect(
     clippy::too_many_arguments,
     reason = "one call site; the pieces of one request"
@@ -160,7 +168,8 @@ async fn websocket<S>(
     leftover: Bytes,
     remote: SocketAddr,
     secure: bool,
-) where
+) -> Option<Connection<S>>
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let listener = &shared.listener;
@@ -171,7 +180,7 @@ async fn websocket<S>(
     span.record("id", format!("{number:x}"));
     span.record("service", service.config.path.as_str());
     // The service's connection limit (503 beyond it), held until the connection ends.
-    let Some(_slot) = service.try_open() else {
+    let Some(slot) = service.try_open() else {
         warn!(
             limit = service.config.limits.max_connections,
             "service is at its connection limit"
@@ -184,33 +193,34 @@ async fn websocket<S>(
             "too many connections",
         )
         .await;
-        return;
+        return None;
     };
     let principal = if service.auth.is_enabled() {
-        match service.auth.check(request).await {
+        // Boxed, like the other one-time steps: a task's future is as large as its
+        // largest state, and idle connections should not carry these.
+        match Box::pin(service.auth.check(request)).await {
             Verdict::Allowed(principal) => Some(principal),
             Verdict::Unauthorized(challenge) => {
                 debug!("upgrade without valid credentials: 401");
                 let headers = [("www-authenticate", challenge.as_str())];
                 let _ =
                     http::respond(&mut io, 401, &headers, server, "authentication required").await;
-                return;
+                return None;
             }
             Verdict::Forbidden => {
                 debug!("upgrade without a required scope: 403");
                 let _ =
                     http::respond(&mut io, 403, &[], server, "a required scope is missing").await;
-                return;
+                return None;
             }
         }
     } else {
         None
     };
-    let Some((mut instance, decision)) =
-        upgrade(service, request, principal, remote, secure, &mut io, server).await
-    else {
-        return;
-    };
+    let (mut instance, decision) = Box::pin(upgrade(
+        service, request, principal, remote, secure, &mut io, server,
+    ))
+    .await?;
     let (mut session, extra_headers, subprotocol) = match decision {
         Decision::Accept {
             session,
@@ -229,7 +239,7 @@ async fn websocket<S>(
             };
             debug!(status, "guest rejected the upgrade");
             let _ = http::respond(&mut io, status, &[], server, &rejection.message).await;
-            return;
+            return None;
         }
     };
 
@@ -239,7 +249,7 @@ async fn websocket<S>(
         Some(chosen) => {
             warn!(subprotocol = %chosen, "guest chose a subprotocol the client did not offer");
             let _ = http::respond(&mut io, 500, &[], server, "internal server error").await;
-            return;
+            return None;
         }
         None => offered
             .iter()
@@ -249,7 +259,7 @@ async fn websocket<S>(
     if let Some(bad) = extra_headers.iter().find(|h| !is_allowed_header(h)) {
         warn!(header = %bad.name, "guest returned a header the host does not allow");
         let _ = http::respond(&mut io, 500, &[], server, "internal server error").await;
-        return;
+        return None;
     }
     let extensions = if listener.web_socket_compression_enabled {
         engine::negotiate_deflate(
@@ -282,7 +292,7 @@ async fn websocket<S>(
     head.push_str("\r\n");
     if let Err(error) = io.write_all(head.as_bytes()).await {
         debug!(%error, "peer left during the handshake");
-        return;
+        return None;
     }
 
     let limits = engine::Limits {
@@ -299,7 +309,7 @@ async fn websocket<S>(
         Ok(ws) => ws,
         Err(error) => {
             warn!(%error, "cannot start the WebSocket engine");
-            return;
+            return None;
         }
     };
     info!(subprotocol = ?subprotocol, compression = extensions.is_some(), "connection open");
@@ -309,11 +319,16 @@ async fn websocket<S>(
         secure,
         subprotocol,
     };
-    if let Err(trap) = instance.open(&mut session, accepted, inbox_sender) {
+    let opened = instance
+        .lock()
+        .await
+        .open(&mut session, accepted, inbox_sender);
+    if let Err(trap) = opened {
         warn!("{}", describe_trap(&trap));
-        return;
+        instance.end(session).await;
+        return None;
     }
-    let mut connection = Connection {
+    Some(Connection {
         ws,
         instance,
         session,
@@ -322,10 +337,8 @@ async fn websocket<S>(
         poisoned: false,
         shutdown: shared.shutdown.signal(),
         inbox,
-    };
-    connection.run().await;
-    connection.instance.release(&connection.session);
-    debug!("connection closed");
+        _slot: slot,
+    })
 }
 
 /// Instantiates the service's component and runs its upgrade hook; on failure answers
@@ -348,12 +361,12 @@ async fn upgrade<S>(
     secure: bool,
     io: &mut S,
     server: Option<&str>,
-) -> Option<(Instance, Decision)>
+) -> Option<(InstanceHandle, Decision)>
 where
     S: AsyncWrite + Unpin,
 {
     let result = async {
-        let mut instance = service.component.instantiate().await?;
+        let mut instance = service.component.instance().await?;
         let upgrade_request = UpgradeRequest {
             method: request.method.clone(),
             path: request.path.clone(),
@@ -377,8 +390,14 @@ where
                 claims: p.claims,
             }),
         };
-        let decision = instance.upgrade(&upgrade_request).await?;
-        Ok::<_, wasmtime::Error>((instance, decision))
+        let decision = instance.lock().await.upgrade(&upgrade_request).await;
+        match decision {
+            Ok(decision) => Ok((instance, decision)),
+            Err(trap) => {
+                instance.poison();
+                Err(trap)
+            }
+        }
     }
     .await;
     match result {
@@ -422,7 +441,7 @@ enum Next {
 
 struct Connection<S> {
     ws: WebSocket<S>,
-    instance: Instance,
+    instance: InstanceHandle,
     session: Session,
     callbacks: Callbacks,
     idle_timeout: Option<Duration>,
@@ -431,16 +450,31 @@ struct Connection<S> {
     shutdown: crate::server::ShutdownSignal,
     /// What this connection's topics publish.
     inbox: topics::Inbox,
+    /// The connection's place under the service's `max_connections`.
+    _slot: crate::server::Slot,
 }
 
 impl<S> Connection<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    /// Runs the connection to its end, then ends its session.
+    async fn serve(mut self) {
+        self.run().await;
+        let Connection {
+            mut instance,
+            session,
+            ..
+        } = self;
+        instance.end(session).await;
+        debug!("connection closed");
+    }
+
     async fn run(&mut self) {
         if let Next::Stop = self.deliver(Event::Open).await {
             return;
         }
+        let mut poisoned = std::pin::pin!(self.instance.poisoned());
         loop {
             let idle_timeout = self.idle_timeout;
             let idle = async move {
@@ -449,7 +483,7 @@ where
                     None => std::future::pending().await,
                 }
             };
-            let timer = self.instance.next_timer(&self.session);
+            let timer = self.instance.lock().await.next_timer(&self.session);
             let timer_due = async move {
                 match timer {
                     Some(due) => tokio::time::sleep_until(due).await,
@@ -467,13 +501,23 @@ where
                     continue;
                 }
                 () = timer_due => {
-                    let due = self.instance.due_timers(&self.session, tokio::time::Instant::now());
+                    let due = self
+                        .instance
+                        .lock()
+                        .await
+                        .due_timers(&self.session, tokio::time::Instant::now());
                     for id in due {
                         if let Next::Stop = self.deliver(Event::Timer(id)).await {
                             return;
                         }
                     }
                     continue;
+                }
+                () = &mut poisoned => {
+                    // Another connection's callback trapped in the shared instance.
+                    self.poisoned = true;
+                    self.close(1011, "internal error", CLOSE_TIMEOUT).await;
+                    return;
                 }
                 () = idle => {
                     if let Next::Stop = self.deliver(Event::IdleTimeout).await {
@@ -515,7 +559,7 @@ where
             OpCode::Pong => self.deliver(Event::Pong(frame.payload())).await,
             OpCode::Close => {
                 // The engine has queued the close reply; drain() sends it.
-                let _ = self.instance.mark_closing(&self.session);
+                let _ = self.instance.lock().await.mark_closing(&self.session);
                 let (code, reason) = engine::close_of(&frame);
                 debug!(code, %reason, "peer closed");
                 let _ = self.deliver_final(Event::Close(code, &reason)).await;
@@ -528,7 +572,7 @@ where
 
     async fn on_engine_error(&mut self, error: engine::WebSocketError) -> Next {
         let code = engine::close_code_of(&error);
-        let _ = self.instance.mark_closing(&self.session);
+        let _ = self.instance.lock().await.mark_closing(&self.session);
         if code == 1006 {
             debug!("connection dropped without a close frame");
             let _ = self.deliver_final(Event::Close(1006, "")).await;
@@ -549,7 +593,18 @@ where
         if !self.callbacks.contains(event.callback()) {
             return Next::Continue;
         }
-        match self.instance.dispatch(&self.session, event).await {
+        if self.instance.is_poisoned() {
+            self.poisoned = true;
+            self.close(1011, "internal error", CLOSE_TIMEOUT).await;
+            return Next::Stop;
+        }
+        let result = self
+            .instance
+            .lock()
+            .await
+            .dispatch(&self.session, event)
+            .await;
+        match result {
             Ok(Ok(())) => self.flush_outbox().await,
             Ok(Err(error)) => {
                 let (code, reason) = close_for(&error);
@@ -567,6 +622,7 @@ where
             }
             Err(trap) => {
                 warn!("{}; closing with 1011", describe_trap(&trap));
+                self.instance.poison();
                 self.poisoned = true;
                 self.close(1011, "internal error", CLOSE_TIMEOUT).await;
                 Next::Stop
@@ -577,22 +633,34 @@ where
     /// Delivers a last event of a connection that is already closed: nothing it
     /// queues can be sent.
     async fn deliver_final(&mut self, event: Event<'_>) -> Next {
-        if self.poisoned || !self.callbacks.contains(event.callback()) {
+        if self.poisoned
+            || self.instance.is_poisoned()
+            || !self.callbacks.contains(event.callback())
+        {
             return Next::Stop;
         }
-        match self.instance.dispatch(&self.session, event).await {
-            Ok(_) => {}
-            Err(trap) => warn!("{}", describe_trap(&trap)),
+        let result = self
+            .instance
+            .lock()
+            .await
+            .dispatch(&self.session, event)
+            .await;
+        if let Err(trap) = result {
+            warn!("{}", describe_trap(&trap));
+            self.instance.poison();
+            self.poisoned = true;
         }
         Next::Stop
     }
 
     /// Sends the frames the last callback queued, in order.
     async fn flush_outbox(&mut self) -> Next {
-        let outbox = match self.instance.take_outbox(&self.session) {
+        let outbox = self.instance.lock().await.take_outbox(&self.session);
+        let outbox = match outbox {
             Ok(outbox) => outbox,
             Err(trap) => {
                 warn!("{}", describe_trap(&trap));
+                self.instance.poison();
                 self.poisoned = true;
                 self.close(1011, "internal error", CLOSE_TIMEOUT).await;
                 return Next::Stop;
@@ -656,7 +724,7 @@ where
     /// Sends a close frame, waits up to `timeout` for the peer's, and shuts the socket.
     /// The session's `on-close` runs if the peer's close frame arrives.
     async fn close(&mut self, code: u16, reason: &str, timeout: Duration) {
-        let _ = self.instance.mark_closing(&self.session);
+        let _ = self.instance.lock().await.mark_closing(&self.session);
         let frame = Frame::close(CloseCode::from(code), truncate_reason(reason));
         if self.ws.send(frame).await.is_err() {
             return;

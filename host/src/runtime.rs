@@ -1,9 +1,12 @@
 //! The WebAssembly side of the host: one engine and linker for the process, one
-//! pre-instantiated component per service, one `Store` per connection.
+//! pre-instantiated component per service, and per connection either a `Store` of its
+//! own (isolated mode, the default) or a session in one of a few shared instances
+//! (shared mode).
 //!
-//! A trap poisons its whole `Store`, so a `Store` never holds more than one
-//! connection: a guest that panics, loops or exhausts its memory takes down only the
-//! connection it serves.
+//! A trap poisons its whole `Store`. In isolated mode a `Store` never holds more than
+//! one connection: a guest that panics, loops or exhausts its memory takes down only
+//! the connection it serves. In shared mode it takes down the connections of its
+//! instance (each closed with 1011), and a fresh instance serves new ones.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -43,8 +46,12 @@ pub(crate) use bindings::wasmsocket::service::types::{
 /// How often the epoch advances; callback deadlines are counted in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// Most resource-table entries (WASI streams, callers) one instance may hold.
+/// Most resource-table entries (WASI streams, callers) an isolated instance may hold.
 const MAX_TABLE_ENTRIES: usize = 1024;
+
+/// Most resource-table entries and component handles a shared instance may hold:
+/// two per connection (session and caller) and some to spare.
+const MAX_SHARED_ENTRIES: usize = 1 << 21;
 
 /// The engine and linker shared by every service, and the thread that drives
 /// callback deadlines.
@@ -102,6 +109,7 @@ impl Runtime {
         path: &Path,
         limits: &SandboxLimits,
         grants: &Grants,
+        shared_instances: Option<usize>,
     ) -> Result<ServiceComponent> {
         for (index, dir) in grants.dirs.iter().enumerate() {
             if !dir.host.is_dir() {
@@ -130,6 +138,7 @@ impl Runtime {
             grants: grants.clone(),
             callbacks: Callbacks::all(),
             topics: self.topics.clone(),
+            pool: shared_instances.map(Pool::new),
         };
         let mut instance = loaded.instantiate().await.map_err(error)?;
         loaded.callbacks = instance.implemented_callbacks().await.map_err(error)?;
@@ -151,9 +160,20 @@ pub(crate) struct ServiceComponent {
     grants: Grants,
     callbacks: Callbacks,
     topics: Arc<Topics>,
+    /// Shared mode's instances; `None` in isolated mode.
+    pool: Option<Pool>,
 }
 
 impl ServiceComponent {
+    /// The instance a new connection's upgrade hook and session run in: a fresh one in
+    /// isolated mode, one of the pool's in shared mode.
+    pub(crate) async fn instance(&self) -> wasmtime::Result<InstanceHandle> {
+        match &self.pool {
+            None => Ok(InstanceHandle::Own(Box::new(self.instantiate().await?))),
+            Some(pool) => Ok(InstanceHandle::Shared(pool.get(self).await?)),
+        }
+    }
+
     /// The callbacks the component implements.
     pub(crate) fn callbacks(&self) -> Callbacks {
         self.callbacks
@@ -180,8 +200,13 @@ impl ServiceComponent {
 
     /// A fresh instance in a store of its own.
     pub(crate) async fn instantiate(&self) -> wasmtime::Result<Instance> {
+        let entries = if self.pool.is_some() {
+            MAX_SHARED_ENTRIES
+        } else {
+            MAX_TABLE_ENTRIES
+        };
         let mut table = ResourceTable::new();
-        table.set_max_capacity(MAX_TABLE_ENTRIES);
+        table.set_max_capacity(entries);
         let data = StoreData {
             wasi: self.wasi()?,
             table,
@@ -197,6 +222,7 @@ impl ServiceComponent {
         };
         let mut store = Store::new(&self.engine, data);
         store.limiter(|data| &mut data.limits);
+        store.set_max_component_handles(entries);
         let ticks = self
             .limits
             .callback_deadline()
@@ -706,6 +732,17 @@ impl Instance {
         due
     }
 
+    /// Ends a connection in a shared instance: its subscriptions and timers, its
+    /// caller, and its session resource (the guest's destructor runs). `Err` is a trap.
+    pub(crate) async fn end(&mut self, session: Session) -> wasmtime::Result<()> {
+        self.release(&session);
+        if let Some(caller) = session.caller {
+            self.store.data_mut().table.delete(caller)?;
+        }
+        self.arm_deadline();
+        session.session.resource_drop_async(&mut self.store).await
+    }
+
     /// Ends the connection's subscriptions and timers.
     pub(crate) fn release(&mut self, session: &Session) {
         let Some(caller) = session.caller.as_ref() else {
@@ -772,6 +809,151 @@ impl Instance {
             self.store.data_mut().caller(caller)?.closing = true;
         }
         Ok(())
+    }
+}
+
+/// Shared mode's instances of one service; connections are spread over them in turn.
+struct Pool {
+    slots: Vec<tokio::sync::Mutex<Option<Arc<SharedInstance>>>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl Pool {
+    fn new(size: usize) -> Self {
+        Self {
+            slots: (0..size.max(1))
+                .map(|_| tokio::sync::Mutex::new(None))
+                .collect(),
+            next: Default::default(),
+        }
+    }
+
+    /// The next slot's instance; a fresh one if it has none yet or its instance
+    /// trapped.
+    async fn get(&self, component: &ServiceComponent) -> wasmtime::Result<Arc<SharedInstance>> {
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        let mut slot = self.slots[index].lock().await;
+        if let Some(shared) = slot.as_ref()
+            && !shared.is_poisoned()
+        {
+            return Ok(shared.clone());
+        }
+        let shared = Arc::new(SharedInstance {
+            instance: tokio::sync::Mutex::new(component.instantiate().await?),
+            poisoned: tokio::sync::watch::channel(false).0,
+        });
+        *slot = Some(shared.clone());
+        Ok(shared)
+    }
+}
+
+/// An instance serving many connections, one callback at a time.
+pub(crate) struct SharedInstance {
+    instance: tokio::sync::Mutex<Instance>,
+    /// Set when a call trapped: the instance must not run again, and every connection
+    /// it serves closes.
+    poisoned: tokio::sync::watch::Sender<bool>,
+}
+
+impl SharedInstance {
+    fn is_poisoned(&self) -> bool {
+        *self.poisoned.borrow()
+    }
+}
+
+/// A connection's hold on its instance.
+pub(crate) enum InstanceHandle {
+    /// Isolated mode: the connection's own instance (boxed: the handle lives in every
+    /// connection's future, which shared mode keeps small).
+    Own(Box<Instance>),
+    /// Shared mode.
+    Shared(Arc<SharedInstance>),
+}
+
+/// Exclusive use of an instance for a moment.
+pub(crate) enum InstanceGuard<'a> {
+    Own(&'a mut Instance),
+    Shared(tokio::sync::MutexGuard<'a, Instance>),
+}
+
+impl std::ops::Deref for InstanceGuard<'_> {
+    type Target = Instance;
+
+    fn deref(&self) -> &Instance {
+        match self {
+            InstanceGuard::Own(instance) => instance,
+            InstanceGuard::Shared(guard) => guard,
+        }
+    }
+}
+
+impl std::ops::DerefMut for InstanceGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Instance {
+        match self {
+            InstanceGuard::Own(instance) => instance,
+            InstanceGuard::Shared(guard) => guard,
+        }
+    }
+}
+
+impl InstanceHandle {
+    /// Waits for the instance (shared mode: other connections' callbacks).
+    pub(crate) async fn lock(&mut self) -> InstanceGuard<'_> {
+        match self {
+            InstanceHandle::Own(instance) => InstanceGuard::Own(instance),
+            InstanceHandle::Shared(shared) => InstanceGuard::Shared(shared.instance.lock().await),
+        }
+    }
+
+    /// Whether the instance trapped (in a call for any of its connections).
+    pub(crate) fn is_poisoned(&self) -> bool {
+        match self {
+            InstanceHandle::Own(_) => false,
+            InstanceHandle::Shared(shared) => shared.is_poisoned(),
+        }
+    }
+
+    /// Records that a call trapped. In isolated mode the caller keeps track.
+    pub(crate) fn poison(&self) {
+        if let InstanceHandle::Shared(shared) = self {
+            shared.poisoned.send_replace(true);
+        }
+    }
+
+    /// Resolves when a call for another connection poisons the shared instance;
+    /// never in isolated mode.
+    pub(crate) fn poisoned(&self) -> impl Future<Output = ()> + Send + 'static {
+        let watch = match self {
+            InstanceHandle::Own(_) => None,
+            InstanceHandle::Shared(shared) => Some(shared.poisoned.subscribe()),
+        };
+        async move {
+            match watch {
+                None => std::future::pending().await,
+                Some(mut watch) => {
+                    let _ = watch.wait_for(|poisoned| *poisoned).await;
+                }
+            }
+        }
+    }
+
+    /// Ends the connection's part: releases its subscriptions and timers; in shared
+    /// mode also its caller and session (unless the instance trapped).
+    pub(crate) async fn end(&mut self, session: Session) {
+        match self {
+            InstanceHandle::Own(instance) => instance.release(&session),
+            InstanceHandle::Shared(shared) => {
+                let mut instance = shared.instance.lock().await;
+                if shared.is_poisoned() {
+                    instance.release(&session);
+                    return;
+                }
+                if let Err(trap) = Box::pin(instance.end(session)).await {
+                    tracing::warn!("{}", describe_trap(&trap));
+                    shared.poisoned.send_replace(true);
+                }
+            }
+        }
     }
 }
 

@@ -78,6 +78,8 @@ impl Service {
                 &config.component,
                 &config.limits,
                 &config.grants,
+                (config.mode == crate::config::InstanceMode::Shared)
+                    .then(|| config.shared_instance_count()),
             )
             .await?;
         Ok(Self {
@@ -196,22 +198,24 @@ impl Server {
                 service = tracing::field::Empty
             );
             let guard = self.shared.shutdown.track();
-            tokio::spawn(
-                async move {
-                    match &shared.tls {
-                        None => connection::serve(&shared, stream, remote, false).await,
-                        Some((acceptor, limit)) => {
-                            match tokio::time::timeout(*limit, acceptor.accept(stream)).await {
-                                Ok(Ok(tls)) => connection::serve(&shared, tls, remote, true).await,
-                                Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
-                                Err(_) => tracing::debug!("TLS handshake timed out"),
+            let task = async move {
+                match &shared.tls {
+                    None => Box::pin(connection::serve(&shared, stream, remote, false)).await,
+                    Some((acceptor, limit)) => {
+                        let accept = Box::pin(acceptor.accept(stream));
+                        match tokio::time::timeout(*limit, accept).await {
+                            Ok(Ok(tls)) => {
+                                Box::pin(connection::serve(&shared, tls, remote, true)).await
                             }
+                            Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
+                            Err(_) => tracing::debug!("TLS handshake timed out"),
                         }
                     }
-                    drop(guard);
                 }
-                .instrument(span),
-            );
+                drop(guard);
+            }
+            .instrument(span);
+            tokio::spawn(task);
         }
         drop(self.listener);
         let open = self.shared.shutdown.active();

@@ -10,21 +10,26 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use wasmsocket_tests::{Host, components};
 
-/// (what is measured, `[listener]` settings, the client's extension offer)
-const MODES: &[(&str, &str, &str)] = &[
-    ("no compression", "", ""),
+/// (what is measured, `[listener]` settings, `[[service]]` settings, the client's
+/// extension offer)
+const MODES: &[(&str, &str, &str, &str)] = &[
+    ("no compression", "", "", ""),
+    ("no compression, shared mode", "", "mode = \"shared\"\n", ""),
     (
         "permessage-deflate, browser offer (context takeover)",
+        "",
         "",
         "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n",
     ),
     (
         "permessage-deflate, browser offer, compression_context_takeover = false",
         "compression_context_takeover = false\n",
+        "",
         "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n",
     ),
     (
         "permessage-deflate, client offers no context takeover both ways",
+        "",
         "",
         "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n",
     ),
@@ -76,9 +81,9 @@ async fn main() {
     let connections: usize = std::env::args().nth(1).map_or(400, |n| n.parse().unwrap());
     println!("| mode | connections | host RSS per connection |");
     println!("|---|---|---|");
-    for (mode, listener, extension) in MODES {
+    for (mode, listener, service, extension) in MODES {
         let host = Host::start(&format!(
-            "[listener]\nhost = \"127.0.0.1\"\nport = 0\n{listener}\n[[service]]\npath = \"/echo\"\ncomponent = {:?}\n",
+            "[listener]\nhost = \"127.0.0.1\"\nport = 0\n{listener}\n[[service]]\npath = \"/echo\"\ncomponent = {:?}\n{service}",
             components::ECHO
         ));
         let pid = host.pid();

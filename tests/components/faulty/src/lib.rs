@@ -7,8 +7,8 @@
 //! `close CODE REASON`, `fail-unsupported`, `fail-close CODE`, `ping`,
 //! `attr KEY VALUE` / `attr KEY` (set / read an attribute), `info` (id, secure,
 //! subprotocol), `reply TEXT` / `reply-close CODE REASON` (answer by return value),
-//! `watch` (receive what other connections' `on_close` / `on_error` report). Anything
-//! else is echoed.
+//! `watch` (receive what other connections' `on_close` / `on_error` report), `live`
+//! (how many sessions this instance holds). Anything else is echoed.
 
 use wasmsocket_guest::prelude::*;
 
@@ -18,6 +18,26 @@ const EVENTS: &str = "faulty/events";
 #[derive(Default)]
 struct Faulty {
     events: Vec<String>,
+    _live: Live,
+}
+
+/// Sessions alive in this instance: more than one only in shared mode.
+static LIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Counts a session in [`LIVE`] from creation until the host drops it.
+struct Live;
+
+impl Default for Live {
+    fn default() -> Self {
+        LIVE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Live
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        LIVE.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 #[wasmsocket_guest::service]
@@ -155,6 +175,9 @@ impl Service for Faulty {
             ("watch", _, _) => {
                 caller.subscribe(EVENTS)?;
                 caller.write_text("watching")?;
+            }
+            ("live", _, _) => {
+                caller.write_text(&LIVE.load(std::sync::atomic::Ordering::Relaxed).to_string())?
             }
             _ => caller.write_text(&text)?,
         }
