@@ -300,7 +300,8 @@ impl std::fmt::Debug for ClientConfig {
     }
 }
 
-/// TLS settings of a `wss://` client (Ballerina's `ClientSecureSocket`).
+/// TLS settings of a `wss://` client (Ballerina's `ClientSecureSocket`), with rustls
+/// (ring). Native only: a browser uses its own TLS.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SecureSocket {
@@ -308,6 +309,16 @@ pub struct SecureSocket {
     pub cert: Option<std::path::PathBuf>,
     /// A client certificate and key for mutual TLS.
     pub key: Option<CertKey>,
+    /// The TLS versions offered, `"TLSv1.2"` and `"TLSv1.3"` (Ballerina's
+    /// `protocol.versions`); empty offers both. Any other name is
+    /// [`Error::InvalidConfig`].
+    pub protocol_versions: Vec<String>,
+    /// The cipher suites offered, IANA names as rustls spells them, e.g.
+    /// `TLS13_AES_128_GCM_SHA256` or `TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256`
+    /// (Ballerina's `ciphers`); empty offers rustls' defaults. A name rustls does not
+    /// implement (CBC and DHE suites among them) is [`Error::InvalidConfig`] listing
+    /// the ones it does.
+    pub ciphers: Vec<String>,
 }
 
 /// A certificate chain and its private key, as PEM files (Ballerina's `CertKey`).
@@ -324,8 +335,23 @@ impl SecureSocket {
     pub fn trust(cert: impl Into<std::path::PathBuf>) -> Self {
         Self {
             cert: Some(cert.into()),
-            key: None,
+            ..Self::default()
         }
+    }
+
+    /// Offers only these TLS versions (`"TLSv1.2"`, `"TLSv1.3"`).
+    pub fn protocol_versions<S: Into<String>>(
+        mut self,
+        versions: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.protocol_versions = versions.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Offers only these cipher suites (IANA names).
+    pub fn ciphers<S: Into<String>>(mut self, ciphers: impl IntoIterator<Item = S>) -> Self {
+        self.ciphers = ciphers.into_iter().map(Into::into).collect();
+        self
     }
 
     /// Presents this certificate and key (mutual TLS).

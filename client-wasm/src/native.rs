@@ -15,6 +15,8 @@ use yawc::{Frame, OpCode};
 
 use crate::{ClientAuth, ClientConfig, Error, HandshakeResponse, Message, Result, WsUrl};
 
+mod tls;
+
 /// Largest response head accepted from a server.
 const MAX_RESPONSE_HEAD: usize = 16 * 1024;
 /// Largest message accepted, unless `max_frame_size` is larger.
@@ -66,49 +68,6 @@ impl AsyncWrite for Transport {
             Transport::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
         }
     }
-}
-
-/// The TLS connector for `config.secure_socket`: the given CA certificates or the
-/// Mozilla roots, and a client certificate for mutual TLS.
-fn tls_connector(config: &ClientConfig) -> Result<tokio_rustls::TlsConnector> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let invalid = |what: &str, path: &std::path::Path, error: &dyn std::fmt::Display| {
-        Error::InvalidConfig(format!("secure_socket.{what}: {}: {error}", path.display()))
-    };
-    let secure = config.secure_socket.clone().unwrap_or_default();
-    let mut roots = rustls::RootCertStore::empty();
-    match &secure.cert {
-        Some(path) => {
-            let certs = CertificateDer::pem_file_iter(path)
-                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| invalid("cert", path, &e))?;
-            for cert in certs {
-                roots.add(cert).map_err(|e| invalid("cert", path, &e))?;
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::InvalidConfig(format!("secure_socket: {e}")))?
-        .with_root_certificates(roots);
-    let mut tls = match &secure.key {
-        None => builder.with_no_client_auth(),
-        Some(key) => {
-            let chain = CertificateDer::pem_file_iter(&key.cert_file)
-                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| invalid("key.cert_file", &key.cert_file, &e))?;
-            let private = PrivateKeyDer::from_pem_file(&key.key_file)
-                .map_err(|e| invalid("key.key_file", &key.key_file, &e))?;
-            builder
-                .with_client_auth_cert(chain, private)
-                .map_err(|e| Error::InvalidConfig(format!("secure_socket.key: {e}")))?
-        }
-    };
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls)))
 }
 
 pub(crate) struct Connection {
@@ -354,12 +313,20 @@ async fn open(
     config: &ClientConfig,
 ) -> Result<(Socket, HandshakeResponse, Option<String>)> {
     let (host, port) = (url.host.as_str(), url.port);
+    // A bad TLS setting never reaches the server.
+    let connector = if url.secure {
+        Some(tls::connector(
+            config.secure_socket.as_ref(),
+            "secure_socket",
+        )?)
+    } else {
+        None
+    };
     let tcp = TcpStream::connect((host, port))
         .await
         .map_err(|e| Error::Connect(format!("{host}:{port}: {e}")))?;
     let _ = tcp.set_nodelay(true);
-    let mut stream = if url.secure {
-        let connector = tls_connector(config)?;
+    let mut stream = if let Some(connector) = connector {
         let name = rustls_pki_types::ServerName::try_from(host.to_owned()).map_err(|e| {
             Error::InvalidConfig(format!("url: {host:?} is not a TLS server name: {e}"))
         })?;

@@ -151,7 +151,8 @@ fn check_supported(config: &ClientConfig) -> Result<()> {
     }
     if config.secure_socket.is_some() {
         return Err(Error::Unsupported(
-            "secure_socket (the browser uses its own TLS settings)",
+            "secure_socket (the browser uses its own TLS: its trusted CAs, client \
+             certificates, versions and cipher suites)",
         ));
     }
     if config.max_frame_size.is_some() {
