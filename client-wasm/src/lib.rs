@@ -38,6 +38,12 @@
 //! TLS settings. Configuring one of those in the browser makes [`Client::connect`] (or
 //! the call) fail with [`Error::Unsupported`] naming the feature; nothing is silently
 //! ignored. Each such field says "Native only."
+//!
+//! That includes every [`ClientAuth`]: Basic, bearer tokens and self-issued JWTs
+//! ([`JwtIssuerConfig`]) all travel in the `Authorization` header. A browser
+//! application gets its token by its own means and passes it in the URL or in a
+//! subprotocol offer, which the wasmsocket host accepts when the service sets
+//! `token_query_param` or `token_subprotocol_prefix`.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -60,6 +66,9 @@ use web as backend;
 
 #[cfg(target_arch = "wasm32")]
 mod js;
+
+mod auth;
+pub use auth::{ClientAuth, DEFAULT_JWT_EXP_TIME, JwtAlgorithm, JwtIssuerConfig, JwtSigningKey};
 
 /// The result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -210,25 +219,6 @@ pub struct Cookie {
     pub name: String,
     /// The cookie value.
     pub value: String,
-}
-
-/// Credentials sent with the upgrade request (spec 5.2, client). Native only: a
-/// browser's `WebSocket` cannot send an `Authorization` header.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ClientAuth {
-    /// HTTP Basic authentication (`CredentialsConfig`).
-    Basic {
-        /// The user name.
-        username: String,
-        /// The password.
-        password: String,
-    },
-    /// A bearer token (`BearerTokenConfig`).
-    Bearer {
-        /// The token.
-        token: String,
-    },
 }
 
 /// Called with each ping or pong the server sends: Ballerina's `PingPongService`.
@@ -428,7 +418,7 @@ impl ClientConfig {
         self
     }
 
-    /// Sends credentials. Native only.
+    /// Sends credentials: Basic, a bearer token or a self-issued JWT. Native only.
     pub fn auth(mut self, auth: ClientAuth) -> Self {
         self.auth = Some(auth);
         self
@@ -731,6 +721,21 @@ mod tests {
                 matches!(parse_url(bad), Err(Error::InvalidUrl { .. })),
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let configs = [
+            ClientConfig::default().auth(ClientAuth::Basic {
+                username: "alice".into(),
+                password: "hunter2".into(),
+            }),
+            ClientConfig::default().auth(JwtIssuerConfig::hmac("hunter2").into()),
+        ];
+        for config in configs {
+            let auth = format!("{:?}", config.auth);
+            assert!(!auth.contains("hunter2"), "{auth}");
         }
     }
 

@@ -15,6 +15,7 @@ use yawc::{Frame, OpCode};
 
 use crate::{ClientAuth, ClientConfig, Error, HandshakeResponse, Message, Result, WsUrl};
 
+mod jwt;
 mod tls;
 
 /// Largest response head accepted from a server.
@@ -313,7 +314,7 @@ async fn open(
     config: &ClientConfig,
 ) -> Result<(Socket, HandshakeResponse, Option<String>)> {
     let (host, port) = (url.host.as_str(), url.port);
-    // A bad TLS setting never reaches the server.
+    // Configuration and credentials first: a bad setting never reaches the server.
     let connector = if url.secure {
         Some(tls::connector(
             config.secure_socket.as_ref(),
@@ -322,6 +323,7 @@ async fn open(
     } else {
         None
     };
+    let authorization = authorization(config)?;
     let tcp = TcpStream::connect((host, port))
         .await
         .map_err(|e| Error::Connect(format!("{host}:{port}: {e}")))?;
@@ -343,7 +345,7 @@ async fn open(
     getrandom::fill(&mut nonce).map_err(|e| Error::Connect(format!("no randomness: {e}")))?;
     let key = base64::engine::general_purpose::STANDARD.encode(nonce);
     let compression = config.compression.unwrap_or(true);
-    let request = upgrade_request(url, config, &key, compression)?;
+    let request = upgrade_request(url, config, &key, compression, authorization.as_deref())?;
     stream
         .write_all(request.as_bytes())
         .await
@@ -411,11 +413,33 @@ async fn open(
     Ok((ws, response, subprotocol))
 }
 
+/// The `Authorization` header value for `config.auth`: fixed credentials, or a JWT
+/// signed now.
+fn authorization(config: &ClientConfig) -> Result<Option<String>> {
+    let value = match &config.auth {
+        None => return Ok(None),
+        Some(ClientAuth::Basic { username, password }) => {
+            let credentials =
+                base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+            format!("Basic {credentials}")
+        }
+        Some(ClientAuth::Bearer { token }) => format!("Bearer {token}"),
+        Some(ClientAuth::Jwt(issuer)) => format!("Bearer {}", jwt::issue(issuer)?),
+    };
+    if value.contains(['\r', '\n', '\0']) {
+        return Err(Error::InvalidConfig(
+            "auth: credentials must not contain line breaks".into(),
+        ));
+    }
+    Ok(Some(value))
+}
+
 fn upgrade_request(
     url: &WsUrl,
     config: &ClientConfig,
     key: &str,
     compression: bool,
+    authorization: Option<&str>,
 ) -> Result<String> {
     let (target, host) = (&url.target, &url.authority);
     let mut request = format!(
@@ -432,16 +456,8 @@ fn upgrade_request(
         request
             .push_str("sec-websocket-extensions: permessage-deflate; client_max_window_bits\r\n");
     }
-    match &config.auth {
-        Some(ClientAuth::Basic { username, password }) => {
-            let credentials =
-                base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
-            request.push_str(&format!("authorization: Basic {credentials}\r\n"));
-        }
-        Some(ClientAuth::Bearer { token }) => {
-            request.push_str(&format!("authorization: Bearer {token}\r\n"));
-        }
-        None => {}
+    if let Some(authorization) = authorization {
+        request.push_str(&format!("authorization: {authorization}\r\n"));
     }
     if !config.cookies.is_empty() {
         let cookies: Vec<String> = config
@@ -585,17 +601,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn credentials_become_the_authorization_header() {
+        let basic = ClientConfig::default().auth(ClientAuth::Basic {
+            username: "u".into(),
+            password: "p".into(),
+        });
+        assert_eq!(
+            authorization(&basic).unwrap().as_deref(),
+            Some("Basic dTpw")
+        );
+        let jwt = ClientConfig::default().auth(crate::JwtIssuerConfig::hmac("s").into());
+        let value = authorization(&jwt).unwrap().unwrap();
+        assert_eq!(value.matches('.').count(), 2, "{value}");
+        assert!(value.starts_with("Bearer ey"), "{value}");
+        let injected = ClientConfig::default().auth(ClientAuth::Bearer {
+            token: "t\r\nx-evil: 1".into(),
+        });
+        assert!(matches!(
+            authorization(&injected),
+            Err(Error::InvalidConfig(_))
+        ));
+    }
+
+    #[test]
     fn upgrade_request_carries_the_configuration() {
         let url = crate::parse_url("ws://example.com:9090/chat?room=1").unwrap();
         let config = ClientConfig::default()
             .subprotocols(["a", "b"])
             .header("x-app", "demo")
-            .cookie("session", "42")
-            .auth(ClientAuth::Basic {
-                username: "u".into(),
-                password: "p".into(),
-            });
-        let request = upgrade_request(&url, &config, "KEY", true).unwrap();
+            .cookie("session", "42");
+        let request = upgrade_request(&url, &config, "KEY", true, Some("Basic dTpw")).unwrap();
         assert!(request.starts_with("GET /chat?room=1 HTTP/1.1\r\nhost: example.com:9090\r\n"));
         for line in [
             "sec-websocket-protocol: a, b\r\n",
@@ -608,7 +643,7 @@ mod tests {
         }
         let bad = ClientConfig::default().header("x-evil", "a\r\nb: c");
         assert!(matches!(
-            upgrade_request(&url, &bad, "KEY", false),
+            upgrade_request(&url, &bad, "KEY", false, None),
             Err(Error::InvalidConfig(_))
         ));
     }

@@ -14,7 +14,7 @@ use wasm_bindgen::JsCast;
 use wasm_bindgen::closure::Closure;
 use web_sys::{BinaryType, CloseEvent, MessageEvent, WebSocket};
 
-use crate::{ClientConfig, Error, HandshakeResponse, Message, Result, WsUrl};
+use crate::{ClientAuth, ClientConfig, Error, HandshakeResponse, Message, Result, WsUrl};
 
 /// A write waits while the browser holds more than this many unsent bytes.
 const HIGH_WATER_MARK: u32 = 1 << 20;
@@ -168,10 +168,22 @@ fn check_supported(config: &ClientConfig) -> Result<()> {
     if !config.cookies.is_empty() {
         return Err(Error::Unsupported("cookies (the browser sends its own)"));
     }
-    if config.auth.is_some() {
-        return Err(Error::Unsupported(
-            "auth (a browser WebSocket cannot send Authorization)",
-        ));
+    match &config.auth {
+        None => {}
+        Some(ClientAuth::Jwt(_)) => {
+            return Err(Error::Unsupported(
+                "auth: issuing JWTs (a browser WebSocket cannot send Authorization; pass a \
+                 token in the URL or a subprotocol offer, which the host accepts with \
+                 token_query_param or token_subprotocol_prefix)",
+            ));
+        }
+        Some(ClientAuth::Basic { .. } | ClientAuth::Bearer { .. }) => {
+            return Err(Error::Unsupported(
+                "auth (a browser WebSocket cannot send Authorization; pass a token in the \
+                 URL or a subprotocol offer, which the host accepts with token_query_param \
+                 or token_subprotocol_prefix)",
+            ));
+        }
     }
     if config.ping_pong_handler.is_some() {
         return Err(Error::Unsupported(
