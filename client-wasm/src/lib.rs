@@ -39,11 +39,11 @@
 //! the call) fail with [`Error::Unsupported`] naming the feature; nothing is silently
 //! ignored. Each such field says "Native only."
 //!
-//! That includes every [`ClientAuth`]: Basic, bearer tokens and self-issued JWTs
-//! ([`JwtIssuerConfig`]) all travel in the `Authorization` header. A browser
-//! application gets its token by its own means and passes it in the URL or in a
-//! subprotocol offer, which the wasmsocket host accepts when the service sets
-//! `token_query_param` or `token_subprotocol_prefix`.
+//! That includes every [`ClientAuth`]: Basic, bearer tokens, self-issued JWTs
+//! ([`JwtIssuerConfig`]) and OAuth2 grants ([`OAuth2Config`]) all travel in the
+//! `Authorization` header. A browser application gets its token by its own means and
+//! passes it in the URL or in a subprotocol offer, which the wasmsocket host accepts
+//! when the service sets `token_query_param` or `token_subprotocol_prefix`.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -68,7 +68,10 @@ use web as backend;
 mod js;
 
 mod auth;
-pub use auth::{ClientAuth, DEFAULT_JWT_EXP_TIME, JwtAlgorithm, JwtIssuerConfig, JwtSigningKey};
+pub use auth::{
+    ClientAuth, CredentialBearer, DEFAULT_JWT_EXP_TIME, DEFAULT_TOKEN_EXPIRES_IN, JwtAlgorithm,
+    JwtIssuerConfig, JwtSigningKey, OAuth2Config, OAuth2Grant,
+};
 
 /// The result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -141,6 +144,34 @@ pub enum Error {
     /// the browser). The message names it.
     #[error("{0} is not supported on this target")]
     Unsupported(&'static str),
+    /// No OAuth2 access token could be had ([`ClientAuth::OAuth2`]), so no upgrade was
+    /// attempted. `status` is the endpoint's HTTP status (`None`: it could not be
+    /// reached), `error` its OAuth2 error code: `invalid_client` means fix the client
+    /// id or secret, `invalid_grant` the password or refresh token. With `retry`,
+    /// only an unreachable endpoint or a 5xx is retried.
+    #[error("OAuth2 token endpoint {url} {}", token_failure(*status, error, description))]
+    TokenEndpoint {
+        /// The token endpoint.
+        url: String,
+        /// Its HTTP status, if it answered.
+        status: Option<u16>,
+        /// The `error` field of its answer (RFC 6749 §5.2), if any.
+        error: String,
+        /// The `error_description`, or what else went wrong.
+        description: String,
+    },
+}
+
+fn token_failure(status: Option<u16>, error: &str, description: &str) -> String {
+    let Some(status) = status else {
+        return format!("failed: {description}");
+    };
+    match (error.is_empty(), description.is_empty()) {
+        (true, true) => format!("answered {status}"),
+        (true, false) => format!("answered {status}: {description}"),
+        (false, true) => format!("answered {status}: {error}"),
+        (false, false) => format!("answered {status}: {error} ({description})"),
+    }
 }
 
 fn kind(message: &Message) -> &'static str {
@@ -418,7 +449,8 @@ impl ClientConfig {
         self
     }
 
-    /// Sends credentials: Basic, a bearer token or a self-issued JWT. Native only.
+    /// Sends credentials: Basic, a bearer token, a self-issued JWT or an OAuth2 access
+    /// token. Native only.
     pub fn auth(mut self, auth: ClientAuth) -> Self {
         self.auth = Some(auth);
         self
@@ -458,6 +490,9 @@ impl ClientConfig {
             return Err(Error::InvalidConfig(
                 "max_frame_size: must be positive".into(),
             ));
+        }
+        if let Some(ClientAuth::OAuth2(oauth2)) = &self.auth {
+            oauth2.validate()?;
         }
         Ok(())
     }
@@ -598,8 +633,9 @@ impl Client {
     }
 }
 
-/// A parsed `ws://` or `wss://` URL: what the backends need, without a URL crate
-/// (whose Unicode tables would triple the browser build).
+/// A parsed `ws://` or `wss://` URL (or `http(s)://`, for a token endpoint): what the
+/// backends need, without a URL crate (whose Unicode tables would triple the browser
+/// build).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct WsUrl {
     /// The URL as given.
@@ -627,35 +663,46 @@ impl WsUrl {
 }
 
 fn parse_url(raw: &str) -> Result<WsUrl> {
-    let invalid = |reason: &str| Error::InvalidUrl {
+    split_url(raw, |scheme| match scheme {
+        "ws" => Ok(false),
+        "wss" => Ok(true),
+        _ => Err("the scheme must be ws or wss"),
+    })
+    .map_err(|reason| Error::InvalidUrl {
         url: raw.to_owned(),
         reason: reason.to_owned(),
-    };
-    let (scheme, rest) = raw.split_once("://").ok_or_else(|| invalid("no scheme"))?;
-    let secure = match scheme.to_ascii_lowercase().as_str() {
-        "ws" => false,
-        "wss" => true,
-        _ => return Err(invalid("the scheme must be ws or wss")),
-    };
+    })
+}
+
+/// An `http://` or `https://` URL (an OAuth2 token endpoint), in the same form.
+pub(crate) fn parse_http_url(raw: &str) -> Result<WsUrl, &'static str> {
+    split_url(raw, |scheme| match scheme {
+        "http" => Ok(false),
+        "https" => Ok(true),
+        _ => Err("the scheme must be http or https"),
+    })
+}
+
+/// Splits `raw`; `secure` says whether a (lower-case) scheme means TLS.
+fn split_url(
+    raw: &str,
+    secure: impl Fn(&str) -> Result<bool, &'static str>,
+) -> Result<WsUrl, &'static str> {
+    let (scheme, rest) = raw.split_once("://").ok_or("no scheme")?;
+    let secure = secure(&scheme.to_ascii_lowercase())?;
     if rest.contains('#') {
-        return Err(invalid("a WebSocket URL has no fragment"));
+        return Err("a fragment is not allowed");
     }
     if rest.contains(|c: char| c.is_ascii_whitespace() || c.is_ascii_control()) {
-        return Err(invalid(
-            "spaces and control characters must be percent-encoded",
-        ));
+        return Err("spaces and control characters must be percent-encoded");
     }
     let split = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, target) = rest.split_at(split);
     if authority.contains('@') {
-        return Err(invalid(
-            "credentials in the URL are not supported; use `auth`",
-        ));
+        return Err("credentials in the URL are not supported; use `auth`");
     }
     let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (host, after) = v6
-            .split_once(']')
-            .ok_or_else(|| invalid("unclosed IPv6 bracket"))?;
+        let (host, after) = v6.split_once(']').ok_or("unclosed IPv6 bracket")?;
         (host, after.strip_prefix(':'))
     } else {
         match authority.rsplit_once(':') {
@@ -664,10 +711,10 @@ fn parse_url(raw: &str) -> Result<WsUrl> {
         }
     };
     if host.is_empty() {
-        return Err(invalid("no host"));
+        return Err("no host");
     }
     let port = match port {
-        Some(port) => port.parse().map_err(|_| invalid("bad port"))?,
+        Some(port) => port.parse().map_err(|_| "bad port")?,
         None if secure => 443,
         None => 80,
     };
@@ -725,6 +772,60 @@ mod tests {
     }
 
     #[test]
+    fn token_endpoint_urls_are_checked() {
+        let url = parse_http_url("https://auth.example/oauth2/token").unwrap();
+        assert_eq!(
+            (url.secure, url.port, url.target.as_str()),
+            (true, 443, "/oauth2/token")
+        );
+        let url = parse_http_url("http://127.0.0.1:8080").unwrap();
+        assert_eq!(
+            (url.secure, url.port, url.target.as_str()),
+            (false, 8080, "/")
+        );
+        for bad in ["ws://x/token", "https://", "https://u:p@x/", "token"] {
+            assert!(parse_http_url(bad).is_err(), "{bad}");
+        }
+        let config = ClientConfig::default()
+            .auth(OAuth2Config::client_credentials("ftp://x/token", "id", "secret").into());
+        assert!(
+            matches!(config.validate(), Err(Error::InvalidConfig(m)) if m.contains("token_url"))
+        );
+        let config = ClientConfig::default()
+            .auth(OAuth2Config::client_credentials("http://x/token", "id", "").into());
+        assert!(
+            matches!(config.validate(), Err(Error::InvalidConfig(m)) if m.contains("client_secret"))
+        );
+        let config = ClientConfig::default()
+            .auth(OAuth2Config::password("http://x/token", "alice", "pw").into());
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn token_endpoint_errors_name_the_endpoint_and_the_error() {
+        let error = Error::TokenEndpoint {
+            url: "https://auth.example/token".into(),
+            status: Some(401),
+            error: "invalid_client".into(),
+            description: "bad secret".into(),
+        };
+        assert_eq!(
+            error.to_string(),
+            "OAuth2 token endpoint https://auth.example/token answered 401: invalid_client (bad secret)"
+        );
+        let error = Error::TokenEndpoint {
+            url: "http://127.0.0.1:1/token".into(),
+            status: None,
+            error: String::new(),
+            description: "connection refused".into(),
+        };
+        assert_eq!(
+            error.to_string(),
+            "OAuth2 token endpoint http://127.0.0.1:1/token failed: connection refused"
+        );
+    }
+
+    #[test]
     fn secrets_stay_out_of_debug_output() {
         let configs = [
             ClientConfig::default().auth(ClientAuth::Basic {
@@ -732,6 +833,11 @@ mod tests {
                 password: "hunter2".into(),
             }),
             ClientConfig::default().auth(JwtIssuerConfig::hmac("hunter2").into()),
+            ClientConfig::default().auth(
+                OAuth2Config::password("http://x/token", "alice", "hunter2")
+                    .client("app", "hunter2")
+                    .into(),
+            ),
         ];
         for config in configs {
             let auth = format!("{:?}", config.auth);

@@ -16,7 +16,10 @@ use yawc::{Frame, OpCode};
 use crate::{ClientAuth, ClientConfig, Error, HandshakeResponse, Message, Result, WsUrl};
 
 mod jwt;
+mod oauth2;
 mod tls;
+
+pub(crate) use oauth2::TokenCache;
 
 /// Largest response head accepted from a server.
 const MAX_RESPONSE_HEAD: usize = 16 * 1024;
@@ -297,7 +300,11 @@ async fn open_with_retry(
             result,
             Err(Error::Connect(_)
                 | Error::HandshakeTimeout
-                | Error::Handshake { status: 500.., .. })
+                | Error::Handshake { status: 500.., .. }
+                | Error::TokenEndpoint {
+                    status: None | Some(500..),
+                    ..
+                })
         );
         match (&config.retry, result) {
             (Some(retry), Err(_)) if retryable && retry.allows(attempt + 1) => {
@@ -314,7 +321,8 @@ async fn open(
     config: &ClientConfig,
 ) -> Result<(Socket, HandshakeResponse, Option<String>)> {
     let (host, port) = (url.host.as_str(), url.port);
-    // Configuration and credentials first: a bad setting never reaches the server.
+    // Configuration and credentials first: a bad setting or a refused token never
+    // reaches the server.
     let connector = if url.secure {
         Some(tls::connector(
             config.secure_socket.as_ref(),
@@ -323,7 +331,7 @@ async fn open(
     } else {
         None
     };
-    let authorization = authorization(config)?;
+    let authorization = authorization(config).await?;
     let tcp = TcpStream::connect((host, port))
         .await
         .map_err(|e| Error::Connect(format!("{host}:{port}: {e}")))?;
@@ -352,6 +360,15 @@ async fn open(
         .map_err(|e| Error::Connect(e.to_string()))?;
 
     let (response, body, leftover) = read_response(&mut stream).await?;
+    if response.status == 401
+        && let Some(ClientAuth::OAuth2(oauth2)) = &config.auth
+        && let Some(token) = authorization
+            .as_deref()
+            .and_then(|a| a.strip_prefix("Bearer "))
+    {
+        // Revoked before its time: the next attempt fetches a new one.
+        oauth2::forget(oauth2, token).await;
+    }
     if response.status != 101 {
         return Err(Error::Handshake {
             status: response.status,
@@ -413,9 +430,9 @@ async fn open(
     Ok((ws, response, subprotocol))
 }
 
-/// The `Authorization` header value for `config.auth`: fixed credentials, or a JWT
-/// signed now.
-fn authorization(config: &ClientConfig) -> Result<Option<String>> {
+/// The `Authorization` header value for `config.auth`: fixed credentials, a JWT signed
+/// now, or an OAuth2 access token (cached or fetched).
+async fn authorization(config: &ClientConfig) -> Result<Option<String>> {
     let value = match &config.auth {
         None => return Ok(None),
         Some(ClientAuth::Basic { username, password }) => {
@@ -425,6 +442,9 @@ fn authorization(config: &ClientConfig) -> Result<Option<String>> {
         }
         Some(ClientAuth::Bearer { token }) => format!("Bearer {token}"),
         Some(ClientAuth::Jwt(issuer)) => format!("Bearer {}", jwt::issue(issuer)?),
+        Some(ClientAuth::OAuth2(oauth2)) => {
+            format!("Bearer {}", oauth2::access_token(oauth2).await?)
+        }
     };
     if value.contains(['\r', '\n', '\0']) {
         return Err(Error::InvalidConfig(
@@ -600,25 +620,25 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn credentials_become_the_authorization_header() {
+    #[tokio::test]
+    async fn credentials_become_the_authorization_header() {
         let basic = ClientConfig::default().auth(ClientAuth::Basic {
             username: "u".into(),
             password: "p".into(),
         });
         assert_eq!(
-            authorization(&basic).unwrap().as_deref(),
+            authorization(&basic).await.unwrap().as_deref(),
             Some("Basic dTpw")
         );
         let jwt = ClientConfig::default().auth(crate::JwtIssuerConfig::hmac("s").into());
-        let value = authorization(&jwt).unwrap().unwrap();
+        let value = authorization(&jwt).await.unwrap().unwrap();
         assert_eq!(value.matches('.').count(), 2, "{value}");
         assert!(value.starts_with("Bearer ey"), "{value}");
         let injected = ClientConfig::default().auth(ClientAuth::Bearer {
             token: "t\r\nx-evil: 1".into(),
         });
         assert!(matches!(
-            authorization(&injected),
+            authorization(&injected).await,
             Err(Error::InvalidConfig(_))
         ));
     }

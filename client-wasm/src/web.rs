@@ -16,6 +16,11 @@ use web_sys::{BinaryType, CloseEvent, MessageEvent, WebSocket};
 
 use crate::{ClientAuth, ClientConfig, Error, HandshakeResponse, Message, Result, WsUrl};
 
+/// The browser has no OAuth2 token cache: configuring OAuth2 is refused at connect.
+/// (Braced, so the shared code can build it with `default()` on both targets.)
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct TokenCache {}
+
 /// A write waits while the browser holds more than this many unsent bytes.
 const HIGH_WATER_MARK: u32 = 1 << 20;
 /// How often a waiting write looks at `bufferedAmount` again.
@@ -175,6 +180,13 @@ fn check_supported(config: &ClientConfig) -> Result<()> {
                 "auth: issuing JWTs (a browser WebSocket cannot send Authorization; pass a \
                  token in the URL or a subprotocol offer, which the host accepts with \
                  token_query_param or token_subprotocol_prefix)",
+            ));
+        }
+        Some(ClientAuth::OAuth2(_)) => {
+            return Err(Error::Unsupported(
+                "auth: OAuth2 grants (a browser WebSocket cannot send Authorization; get \
+                 the token in the page and pass it in the URL or a subprotocol offer, which \
+                 the host accepts with token_query_param or token_subprotocol_prefix)",
             ));
         }
         Some(ClientAuth::Basic { .. } | ClientAuth::Bearer { .. }) => {
