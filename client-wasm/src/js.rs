@@ -156,6 +156,7 @@ fn to_js(error: Error) -> JsValue {
         Error::UnexpectedMessage { .. } => "UnexpectedMessage",
         Error::Binding(_) => "Binding",
         Error::Unsupported(_) => "Unsupported",
+        Error::TokenEndpoint { .. } => "TokenEndpoint",
     };
     let js = js_sys::Error::new(&error.to_string());
     js.set_name(kind);

@@ -38,6 +38,12 @@
 //! TLS settings. Configuring one of those in the browser makes [`Client::connect`] (or
 //! the call) fail with [`Error::Unsupported`] naming the feature; nothing is silently
 //! ignored. Each such field says "Native only."
+//!
+//! That includes every [`ClientAuth`]: Basic, bearer tokens, self-issued JWTs
+//! ([`JwtIssuerConfig`]) and OAuth2 grants ([`OAuth2Config`]) all travel in the
+//! `Authorization` header. A browser application gets its token by its own means and
+//! passes it in the URL or in a subprotocol offer, which the wasmsocket host accepts
+//! when the service sets `token_query_param` or `token_subprotocol_prefix`.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -60,6 +66,12 @@ use web as backend;
 
 #[cfg(target_arch = "wasm32")]
 mod js;
+
+mod auth;
+pub use auth::{
+    ClientAuth, CredentialBearer, DEFAULT_JWT_EXP_TIME, DEFAULT_TOKEN_EXPIRES_IN, JwtAlgorithm,
+    JwtIssuerConfig, JwtSigningKey, OAuth2Config, OAuth2Grant,
+};
 
 /// The result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -132,6 +144,34 @@ pub enum Error {
     /// the browser). The message names it.
     #[error("{0} is not supported on this target")]
     Unsupported(&'static str),
+    /// No OAuth2 access token could be had ([`ClientAuth::OAuth2`]), so no upgrade was
+    /// attempted. `status` is the endpoint's HTTP status (`None`: it could not be
+    /// reached), `error` its OAuth2 error code: `invalid_client` means fix the client
+    /// id or secret, `invalid_grant` the password or refresh token. With `retry`,
+    /// only an unreachable endpoint or a 5xx is retried.
+    #[error("OAuth2 token endpoint {url} {}", token_failure(*status, error, description))]
+    TokenEndpoint {
+        /// The token endpoint.
+        url: String,
+        /// Its HTTP status, if it answered.
+        status: Option<u16>,
+        /// The `error` field of its answer (RFC 6749 §5.2), if any.
+        error: String,
+        /// The `error_description`, or what else went wrong.
+        description: String,
+    },
+}
+
+fn token_failure(status: Option<u16>, error: &str, description: &str) -> String {
+    let Some(status) = status else {
+        return format!("failed: {description}");
+    };
+    match (error.is_empty(), description.is_empty()) {
+        (true, true) => format!("answered {status}"),
+        (true, false) => format!("answered {status}: {description}"),
+        (false, true) => format!("answered {status}: {error}"),
+        (false, false) => format!("answered {status}: {error} ({description})"),
+    }
 }
 
 fn kind(message: &Message) -> &'static str {
@@ -212,25 +252,6 @@ pub struct Cookie {
     pub value: String,
 }
 
-/// Credentials sent with the upgrade request (spec 5.2, client). Native only: a
-/// browser's `WebSocket` cannot send an `Authorization` header.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ClientAuth {
-    /// HTTP Basic authentication (`CredentialsConfig`).
-    Basic {
-        /// The user name.
-        username: String,
-        /// The password.
-        password: String,
-    },
-    /// A bearer token (`BearerTokenConfig`).
-    Bearer {
-        /// The token.
-        token: String,
-    },
-}
-
 /// Called with each ping or pong the server sends: Ballerina's `PingPongService`.
 pub trait PingPongHandler: Send + Sync {
     /// A ping arrived. Return the payload to answer with a pong, or `None` to send
@@ -300,7 +321,8 @@ impl std::fmt::Debug for ClientConfig {
     }
 }
 
-/// TLS settings of a `wss://` client (Ballerina's `ClientSecureSocket`).
+/// TLS settings of a `wss://` client (Ballerina's `ClientSecureSocket`), with rustls
+/// (ring). Native only: a browser uses its own TLS.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SecureSocket {
@@ -308,6 +330,16 @@ pub struct SecureSocket {
     pub cert: Option<std::path::PathBuf>,
     /// A client certificate and key for mutual TLS.
     pub key: Option<CertKey>,
+    /// The TLS versions offered, `"TLSv1.2"` and `"TLSv1.3"` (Ballerina's
+    /// `protocol.versions`); empty offers both. Any other name is
+    /// [`Error::InvalidConfig`].
+    pub protocol_versions: Vec<String>,
+    /// The cipher suites offered, IANA names as rustls spells them, e.g.
+    /// `TLS13_AES_128_GCM_SHA256` or `TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256`
+    /// (Ballerina's `ciphers`); empty offers rustls' defaults. A name rustls does not
+    /// implement (CBC and DHE suites among them) is [`Error::InvalidConfig`] listing
+    /// the ones it does.
+    pub ciphers: Vec<String>,
 }
 
 /// A certificate chain and its private key, as PEM files (Ballerina's `CertKey`).
@@ -324,8 +356,23 @@ impl SecureSocket {
     pub fn trust(cert: impl Into<std::path::PathBuf>) -> Self {
         Self {
             cert: Some(cert.into()),
-            key: None,
+            ..Self::default()
         }
+    }
+
+    /// Offers only these TLS versions (`"TLSv1.2"`, `"TLSv1.3"`).
+    pub fn protocol_versions<S: Into<String>>(
+        mut self,
+        versions: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.protocol_versions = versions.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Offers only these cipher suites (IANA names).
+    pub fn ciphers<S: Into<String>>(mut self, ciphers: impl IntoIterator<Item = S>) -> Self {
+        self.ciphers = ciphers.into_iter().map(Into::into).collect();
+        self
     }
 
     /// Presents this certificate and key (mutual TLS).
@@ -402,7 +449,8 @@ impl ClientConfig {
         self
     }
 
-    /// Sends credentials. Native only.
+    /// Sends credentials: Basic, a bearer token, a self-issued JWT or an OAuth2 access
+    /// token. Native only.
     pub fn auth(mut self, auth: ClientAuth) -> Self {
         self.auth = Some(auth);
         self
@@ -442,6 +490,9 @@ impl ClientConfig {
             return Err(Error::InvalidConfig(
                 "max_frame_size: must be positive".into(),
             ));
+        }
+        if let Some(ClientAuth::OAuth2(oauth2)) = &self.auth {
+            oauth2.validate()?;
         }
         Ok(())
     }
@@ -582,8 +633,9 @@ impl Client {
     }
 }
 
-/// A parsed `ws://` or `wss://` URL: what the backends need, without a URL crate
-/// (whose Unicode tables would triple the browser build).
+/// A parsed `ws://` or `wss://` URL (or `http(s)://`, for a token endpoint): what the
+/// backends need, without a URL crate (whose Unicode tables would triple the browser
+/// build).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct WsUrl {
     /// The URL as given.
@@ -611,35 +663,46 @@ impl WsUrl {
 }
 
 fn parse_url(raw: &str) -> Result<WsUrl> {
-    let invalid = |reason: &str| Error::InvalidUrl {
+    split_url(raw, |scheme| match scheme {
+        "ws" => Ok(false),
+        "wss" => Ok(true),
+        _ => Err("the scheme must be ws or wss"),
+    })
+    .map_err(|reason| Error::InvalidUrl {
         url: raw.to_owned(),
         reason: reason.to_owned(),
-    };
-    let (scheme, rest) = raw.split_once("://").ok_or_else(|| invalid("no scheme"))?;
-    let secure = match scheme.to_ascii_lowercase().as_str() {
-        "ws" => false,
-        "wss" => true,
-        _ => return Err(invalid("the scheme must be ws or wss")),
-    };
+    })
+}
+
+/// An `http://` or `https://` URL (an OAuth2 token endpoint), in the same form.
+pub(crate) fn parse_http_url(raw: &str) -> Result<WsUrl, &'static str> {
+    split_url(raw, |scheme| match scheme {
+        "http" => Ok(false),
+        "https" => Ok(true),
+        _ => Err("the scheme must be http or https"),
+    })
+}
+
+/// Splits `raw`; `secure` says whether a (lower-case) scheme means TLS.
+fn split_url(
+    raw: &str,
+    secure: impl Fn(&str) -> Result<bool, &'static str>,
+) -> Result<WsUrl, &'static str> {
+    let (scheme, rest) = raw.split_once("://").ok_or("no scheme")?;
+    let secure = secure(&scheme.to_ascii_lowercase())?;
     if rest.contains('#') {
-        return Err(invalid("a WebSocket URL has no fragment"));
+        return Err("a fragment is not allowed");
     }
     if rest.contains(|c: char| c.is_ascii_whitespace() || c.is_ascii_control()) {
-        return Err(invalid(
-            "spaces and control characters must be percent-encoded",
-        ));
+        return Err("spaces and control characters must be percent-encoded");
     }
     let split = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, target) = rest.split_at(split);
     if authority.contains('@') {
-        return Err(invalid(
-            "credentials in the URL are not supported; use `auth`",
-        ));
+        return Err("credentials in the URL are not supported; use `auth`");
     }
     let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (host, after) = v6
-            .split_once(']')
-            .ok_or_else(|| invalid("unclosed IPv6 bracket"))?;
+        let (host, after) = v6.split_once(']').ok_or("unclosed IPv6 bracket")?;
         (host, after.strip_prefix(':'))
     } else {
         match authority.rsplit_once(':') {
@@ -648,10 +711,10 @@ fn parse_url(raw: &str) -> Result<WsUrl> {
         }
     };
     if host.is_empty() {
-        return Err(invalid("no host"));
+        return Err("no host");
     }
     let port = match port {
-        Some(port) => port.parse().map_err(|_| invalid("bad port"))?,
+        Some(port) => port.parse().map_err(|_| "bad port")?,
         None if secure => 443,
         None => 80,
     };
@@ -705,6 +768,80 @@ mod tests {
                 matches!(parse_url(bad), Err(Error::InvalidUrl { .. })),
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn token_endpoint_urls_are_checked() {
+        let url = parse_http_url("https://auth.example/oauth2/token").unwrap();
+        assert_eq!(
+            (url.secure, url.port, url.target.as_str()),
+            (true, 443, "/oauth2/token")
+        );
+        let url = parse_http_url("http://127.0.0.1:8080").unwrap();
+        assert_eq!(
+            (url.secure, url.port, url.target.as_str()),
+            (false, 8080, "/")
+        );
+        for bad in ["ws://x/token", "https://", "https://u:p@x/", "token"] {
+            assert!(parse_http_url(bad).is_err(), "{bad}");
+        }
+        let config = ClientConfig::default()
+            .auth(OAuth2Config::client_credentials("ftp://x/token", "id", "secret").into());
+        assert!(
+            matches!(config.validate(), Err(Error::InvalidConfig(m)) if m.contains("token_url"))
+        );
+        let config = ClientConfig::default()
+            .auth(OAuth2Config::client_credentials("http://x/token", "id", "").into());
+        assert!(
+            matches!(config.validate(), Err(Error::InvalidConfig(m)) if m.contains("client_secret"))
+        );
+        let config = ClientConfig::default()
+            .auth(OAuth2Config::password("http://x/token", "alice", "pw").into());
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn token_endpoint_errors_name_the_endpoint_and_the_error() {
+        let error = Error::TokenEndpoint {
+            url: "https://auth.example/token".into(),
+            status: Some(401),
+            error: "invalid_client".into(),
+            description: "bad secret".into(),
+        };
+        assert_eq!(
+            error.to_string(),
+            "OAuth2 token endpoint https://auth.example/token answered 401: invalid_client (bad secret)"
+        );
+        let error = Error::TokenEndpoint {
+            url: "http://127.0.0.1:1/token".into(),
+            status: None,
+            error: String::new(),
+            description: "connection refused".into(),
+        };
+        assert_eq!(
+            error.to_string(),
+            "OAuth2 token endpoint http://127.0.0.1:1/token failed: connection refused"
+        );
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let configs = [
+            ClientConfig::default().auth(ClientAuth::Basic {
+                username: "alice".into(),
+                password: "hunter2".into(),
+            }),
+            ClientConfig::default().auth(JwtIssuerConfig::hmac("hunter2").into()),
+            ClientConfig::default().auth(
+                OAuth2Config::password("http://x/token", "alice", "hunter2")
+                    .client("app", "hunter2")
+                    .into(),
+            ),
+        ];
+        for config in configs {
+            let auth = format!("{:?}", config.auth);
+            assert!(!auth.contains("hunter2"), "{auth}");
         }
     }
 

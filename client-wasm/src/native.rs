@@ -15,6 +15,12 @@ use yawc::{Frame, OpCode};
 
 use crate::{ClientAuth, ClientConfig, Error, HandshakeResponse, Message, Result, WsUrl};
 
+mod jwt;
+mod oauth2;
+mod tls;
+
+pub(crate) use oauth2::TokenCache;
+
 /// Largest response head accepted from a server.
 const MAX_RESPONSE_HEAD: usize = 16 * 1024;
 /// Largest message accepted, unless `max_frame_size` is larger.
@@ -66,49 +72,6 @@ impl AsyncWrite for Transport {
             Transport::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
         }
     }
-}
-
-/// The TLS connector for `config.secure_socket`: the given CA certificates or the
-/// Mozilla roots, and a client certificate for mutual TLS.
-fn tls_connector(config: &ClientConfig) -> Result<tokio_rustls::TlsConnector> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let invalid = |what: &str, path: &std::path::Path, error: &dyn std::fmt::Display| {
-        Error::InvalidConfig(format!("secure_socket.{what}: {}: {error}", path.display()))
-    };
-    let secure = config.secure_socket.clone().unwrap_or_default();
-    let mut roots = rustls::RootCertStore::empty();
-    match &secure.cert {
-        Some(path) => {
-            let certs = CertificateDer::pem_file_iter(path)
-                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| invalid("cert", path, &e))?;
-            for cert in certs {
-                roots.add(cert).map_err(|e| invalid("cert", path, &e))?;
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::InvalidConfig(format!("secure_socket: {e}")))?
-        .with_root_certificates(roots);
-    let mut tls = match &secure.key {
-        None => builder.with_no_client_auth(),
-        Some(key) => {
-            let chain = CertificateDer::pem_file_iter(&key.cert_file)
-                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| invalid("key.cert_file", &key.cert_file, &e))?;
-            let private = PrivateKeyDer::from_pem_file(&key.key_file)
-                .map_err(|e| invalid("key.key_file", &key.key_file, &e))?;
-            builder
-                .with_client_auth_cert(chain, private)
-                .map_err(|e| Error::InvalidConfig(format!("secure_socket.key: {e}")))?
-        }
-    };
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls)))
 }
 
 pub(crate) struct Connection {
@@ -337,7 +300,11 @@ async fn open_with_retry(
             result,
             Err(Error::Connect(_)
                 | Error::HandshakeTimeout
-                | Error::Handshake { status: 500.., .. })
+                | Error::Handshake { status: 500.., .. }
+                | Error::TokenEndpoint {
+                    status: None | Some(500..),
+                    ..
+                })
         );
         match (&config.retry, result) {
             (Some(retry), Err(_)) if retryable && retry.allows(attempt + 1) => {
@@ -354,12 +321,22 @@ async fn open(
     config: &ClientConfig,
 ) -> Result<(Socket, HandshakeResponse, Option<String>)> {
     let (host, port) = (url.host.as_str(), url.port);
+    // Configuration and credentials first: a bad setting or a refused token never
+    // reaches the server.
+    let connector = if url.secure {
+        Some(tls::connector(
+            config.secure_socket.as_ref(),
+            "secure_socket",
+        )?)
+    } else {
+        None
+    };
+    let authorization = authorization(config).await?;
     let tcp = TcpStream::connect((host, port))
         .await
         .map_err(|e| Error::Connect(format!("{host}:{port}: {e}")))?;
     let _ = tcp.set_nodelay(true);
-    let mut stream = if url.secure {
-        let connector = tls_connector(config)?;
+    let mut stream = if let Some(connector) = connector {
         let name = rustls_pki_types::ServerName::try_from(host.to_owned()).map_err(|e| {
             Error::InvalidConfig(format!("url: {host:?} is not a TLS server name: {e}"))
         })?;
@@ -376,13 +353,22 @@ async fn open(
     getrandom::fill(&mut nonce).map_err(|e| Error::Connect(format!("no randomness: {e}")))?;
     let key = base64::engine::general_purpose::STANDARD.encode(nonce);
     let compression = config.compression.unwrap_or(true);
-    let request = upgrade_request(url, config, &key, compression)?;
+    let request = upgrade_request(url, config, &key, compression, authorization.as_deref())?;
     stream
         .write_all(request.as_bytes())
         .await
         .map_err(|e| Error::Connect(e.to_string()))?;
 
     let (response, body, leftover) = read_response(&mut stream).await?;
+    if response.status == 401
+        && let Some(ClientAuth::OAuth2(oauth2)) = &config.auth
+        && let Some(token) = authorization
+            .as_deref()
+            .and_then(|a| a.strip_prefix("Bearer "))
+    {
+        // Revoked before its time: the next attempt fetches a new one.
+        oauth2::forget(oauth2, token).await;
+    }
     if response.status != 101 {
         return Err(Error::Handshake {
             status: response.status,
@@ -444,11 +430,36 @@ async fn open(
     Ok((ws, response, subprotocol))
 }
 
+/// The `Authorization` header value for `config.auth`: fixed credentials, a JWT signed
+/// now, or an OAuth2 access token (cached or fetched).
+async fn authorization(config: &ClientConfig) -> Result<Option<String>> {
+    let value = match &config.auth {
+        None => return Ok(None),
+        Some(ClientAuth::Basic { username, password }) => {
+            let credentials =
+                base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+            format!("Basic {credentials}")
+        }
+        Some(ClientAuth::Bearer { token }) => format!("Bearer {token}"),
+        Some(ClientAuth::Jwt(issuer)) => format!("Bearer {}", jwt::issue(issuer)?),
+        Some(ClientAuth::OAuth2(oauth2)) => {
+            format!("Bearer {}", oauth2::access_token(oauth2).await?)
+        }
+    };
+    if value.contains(['\r', '\n', '\0']) {
+        return Err(Error::InvalidConfig(
+            "auth: credentials must not contain line breaks".into(),
+        ));
+    }
+    Ok(Some(value))
+}
+
 fn upgrade_request(
     url: &WsUrl,
     config: &ClientConfig,
     key: &str,
     compression: bool,
+    authorization: Option<&str>,
 ) -> Result<String> {
     let (target, host) = (&url.target, &url.authority);
     let mut request = format!(
@@ -465,16 +476,8 @@ fn upgrade_request(
         request
             .push_str("sec-websocket-extensions: permessage-deflate; client_max_window_bits\r\n");
     }
-    match &config.auth {
-        Some(ClientAuth::Basic { username, password }) => {
-            let credentials =
-                base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
-            request.push_str(&format!("authorization: Basic {credentials}\r\n"));
-        }
-        Some(ClientAuth::Bearer { token }) => {
-            request.push_str(&format!("authorization: Bearer {token}\r\n"));
-        }
-        None => {}
+    if let Some(authorization) = authorization {
+        request.push_str(&format!("authorization: {authorization}\r\n"));
     }
     if !config.cookies.is_empty() {
         let cookies: Vec<String> = config
@@ -617,18 +620,37 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn credentials_become_the_authorization_header() {
+        let basic = ClientConfig::default().auth(ClientAuth::Basic {
+            username: "u".into(),
+            password: "p".into(),
+        });
+        assert_eq!(
+            authorization(&basic).await.unwrap().as_deref(),
+            Some("Basic dTpw")
+        );
+        let jwt = ClientConfig::default().auth(crate::JwtIssuerConfig::hmac("s").into());
+        let value = authorization(&jwt).await.unwrap().unwrap();
+        assert_eq!(value.matches('.').count(), 2, "{value}");
+        assert!(value.starts_with("Bearer ey"), "{value}");
+        let injected = ClientConfig::default().auth(ClientAuth::Bearer {
+            token: "t\r\nx-evil: 1".into(),
+        });
+        assert!(matches!(
+            authorization(&injected).await,
+            Err(Error::InvalidConfig(_))
+        ));
+    }
+
     #[test]
     fn upgrade_request_carries_the_configuration() {
         let url = crate::parse_url("ws://example.com:9090/chat?room=1").unwrap();
         let config = ClientConfig::default()
             .subprotocols(["a", "b"])
             .header("x-app", "demo")
-            .cookie("session", "42")
-            .auth(ClientAuth::Basic {
-                username: "u".into(),
-                password: "p".into(),
-            });
-        let request = upgrade_request(&url, &config, "KEY", true).unwrap();
+            .cookie("session", "42");
+        let request = upgrade_request(&url, &config, "KEY", true, Some("Basic dTpw")).unwrap();
         assert!(request.starts_with("GET /chat?room=1 HTTP/1.1\r\nhost: example.com:9090\r\n"));
         for line in [
             "sec-websocket-protocol: a, b\r\n",
@@ -641,7 +663,7 @@ mod tests {
         }
         let bad = ClientConfig::default().header("x-evil", "a\r\nb: c");
         assert!(matches!(
-            upgrade_request(&url, &bad, "KEY", false),
+            upgrade_request(&url, &bad, "KEY", false, None),
             Err(Error::InvalidConfig(_))
         ));
     }

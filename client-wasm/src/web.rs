@@ -14,7 +14,12 @@ use wasm_bindgen::JsCast;
 use wasm_bindgen::closure::Closure;
 use web_sys::{BinaryType, CloseEvent, MessageEvent, WebSocket};
 
-use crate::{ClientConfig, Error, HandshakeResponse, Message, Result, WsUrl};
+use crate::{ClientAuth, ClientConfig, Error, HandshakeResponse, Message, Result, WsUrl};
+
+/// The browser has no OAuth2 token cache: configuring OAuth2 is refused at connect.
+/// (Braced, so the shared code can build it with `default()` on both targets.)
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct TokenCache {}
 
 /// A write waits while the browser holds more than this many unsent bytes.
 const HIGH_WATER_MARK: u32 = 1 << 20;
@@ -151,7 +156,8 @@ fn check_supported(config: &ClientConfig) -> Result<()> {
     }
     if config.secure_socket.is_some() {
         return Err(Error::Unsupported(
-            "secure_socket (the browser uses its own TLS settings)",
+            "secure_socket (the browser uses its own TLS: its trusted CAs, client \
+             certificates, versions and cipher suites)",
         ));
     }
     if config.max_frame_size.is_some() {
@@ -167,10 +173,29 @@ fn check_supported(config: &ClientConfig) -> Result<()> {
     if !config.cookies.is_empty() {
         return Err(Error::Unsupported("cookies (the browser sends its own)"));
     }
-    if config.auth.is_some() {
-        return Err(Error::Unsupported(
-            "auth (a browser WebSocket cannot send Authorization)",
-        ));
+    match &config.auth {
+        None => {}
+        Some(ClientAuth::Jwt(_)) => {
+            return Err(Error::Unsupported(
+                "auth: issuing JWTs (a browser WebSocket cannot send Authorization; pass a \
+                 token in the URL or a subprotocol offer, which the host accepts with \
+                 token_query_param or token_subprotocol_prefix)",
+            ));
+        }
+        Some(ClientAuth::OAuth2(_)) => {
+            return Err(Error::Unsupported(
+                "auth: OAuth2 grants (a browser WebSocket cannot send Authorization; get \
+                 the token in the page and pass it in the URL or a subprotocol offer, which \
+                 the host accepts with token_query_param or token_subprotocol_prefix)",
+            ));
+        }
+        Some(ClientAuth::Basic { .. } | ClientAuth::Bearer { .. }) => {
+            return Err(Error::Unsupported(
+                "auth (a browser WebSocket cannot send Authorization; pass a token in the \
+                 URL or a subprotocol offer, which the host accepts with token_query_param \
+                 or token_subprotocol_prefix)",
+            ));
+        }
     }
     if config.ping_pong_handler.is_some() {
         return Err(Error::Unsupported(

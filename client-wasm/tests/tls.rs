@@ -182,3 +182,113 @@ async fn the_flat_secure_socket_form_works_too() {
     client.write_text("flat").await.unwrap();
     assert_eq!(client.read_text().await.unwrap(), "flat");
 }
+
+/// A `wss` host whose listener offers only `versions` and `ciphers` (TOML arrays).
+fn restricted_host(pki: &Pki, versions: &str, ciphers: &str) -> Host {
+    tls_host(
+        pki,
+        &format!("protocol = {{ name = \"TLS\", versions = {versions} }}\nciphers = {ciphers}"),
+    )
+}
+
+fn offering(pki: &Pki, versions: &[&str], ciphers: &[&str]) -> ClientConfig {
+    trusting(pki).secure_socket(
+        SecureSocket::trust(pki.path("ca.pem"))
+            .protocol_versions(versions.iter().copied())
+            .ciphers(ciphers.iter().copied()),
+    )
+}
+
+async fn handshake_fails(url: &str, config: ClientConfig) {
+    match Client::connect(url, config).await {
+        Err(Error::Connect(message)) => assert!(message.contains("TLS"), "{message}"),
+        other => panic!("expected a TLS handshake failure, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn client_tls_versions_must_meet_the_server_s() {
+    let pki = Pki::new();
+    let host = restricted_host(&pki, "[\"TLSv1.3\"]", "[]");
+    let url = wss(&host, "/faulty");
+    handshake_fails(&url, offering(&pki, &["TLSv1.2"], &[])).await;
+    let mut client = Client::connect(&url, offering(&pki, &["TLSv1.3"], &[]))
+        .await
+        .unwrap();
+    client.write_text("1.3").await.unwrap();
+    assert_eq!(client.read_text().await.unwrap(), "1.3");
+
+    // And the other way round: a TLS 1.2 server, a TLS 1.3 client.
+    let host = restricted_host(&pki, "[\"TLSv1.2\"]", "[]");
+    let url = wss(&host, "/faulty");
+    handshake_fails(&url, offering(&pki, &["TLSv1.3"], &[])).await;
+    assert!(
+        Client::connect(&url, offering(&pki, &["TLSv1.2", "TLSv1.3"], &[]))
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn client_cipher_suites_must_meet_the_server_s() {
+    let pki = Pki::new();
+    // TLS 1.3 suites.
+    let host = restricted_host(&pki, "[\"TLSv1.3\"]", "[\"TLS13_AES_128_GCM_SHA256\"]");
+    let url = wss(&host, "/faulty");
+    handshake_fails(&url, offering(&pki, &[], &["TLS13_AES_256_GCM_SHA384"])).await;
+    assert!(
+        Client::connect(&url, offering(&pki, &[], &["TLS13_AES_128_GCM_SHA256"]))
+            .await
+            .is_ok()
+    );
+    // TLS 1.2 suites (the server key is ECDSA).
+    let host = restricted_host(
+        &pki,
+        "[\"TLSv1.2\"]",
+        "[\"TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384\"]",
+    );
+    let url = wss(&host, "/faulty");
+    handshake_fails(
+        &url,
+        offering(
+            &pki,
+            &[],
+            &["TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256"],
+        ),
+    )
+    .await;
+    let mut client = Client::connect(
+        &url,
+        offering(&pki, &[], &["TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384"]),
+    )
+    .await
+    .unwrap();
+    client.write_text("1.2").await.unwrap();
+    assert_eq!(client.read_text().await.unwrap(), "1.2");
+}
+
+#[tokio::test]
+async fn unknown_cipher_and_version_names_are_config_errors() {
+    let pki = Pki::new();
+    let host = tls_host(&pki, "");
+    let url = wss(&host, "/faulty");
+    for (config, name) in [
+        (
+            offering(
+                &pki,
+                &[],
+                &["TLS13_AES_128_GCM_SHA256", "TLS_RSA_WITH_RC4_128_MD5"],
+            ),
+            "TLS_RSA_WITH_RC4_128_MD5",
+        ),
+        (offering(&pki, &["TLSv1.1"], &[]), "TLSv1.1"),
+    ] {
+        match Client::connect(&url, config).await {
+            Err(Error::InvalidConfig(message)) => {
+                assert!(message.contains(name), "{message}");
+                assert!(message.starts_with("secure_socket."), "{message}");
+            }
+            other => panic!("expected InvalidConfig naming {name}, got {other:?}"),
+        }
+    }
+}
