@@ -598,15 +598,9 @@ where
             self.close(1011, "internal error", CLOSE_TIMEOUT).await;
             return Next::Stop;
         }
-        let result = self
-            .instance
-            .lock()
-            .await
-            .dispatch(&self.session, event)
-            .await;
-        match result {
-            Ok(Ok(())) => self.flush_outbox().await,
-            Ok(Err(error)) => {
+        match self.call(event).await {
+            Some(Ok(())) => self.flush_outbox().await,
+            Some(Err(error)) => {
                 let (code, reason) = close_for(&error);
                 if let CallbackError::UnsupportedData(why) = &error {
                     // Ballerina logs binding failures at the listener, as errors.
@@ -620,12 +614,28 @@ where
                 self.close(code, &reason, CLOSE_TIMEOUT).await;
                 Next::Stop
             }
+            None => {
+                self.close(1011, "internal error", CLOSE_TIMEOUT).await;
+                Next::Stop
+            }
+        }
+    }
+
+    /// Calls the session. A trap is logged and poisons the instance: `None`.
+    async fn call(&mut self, event: Event<'_>) -> Option<Result<(), CallbackError>> {
+        let result = self
+            .instance
+            .lock()
+            .await
+            .dispatch(&self.session, event)
+            .await;
+        match result {
+            Ok(result) => Some(result),
             Err(trap) => {
                 warn!("{}; closing with 1011", describe_trap(&trap));
                 self.instance.poison();
                 self.poisoned = true;
-                self.close(1011, "internal error", CLOSE_TIMEOUT).await;
-                Next::Stop
+                None
             }
         }
     }
@@ -639,17 +649,7 @@ where
         {
             return Next::Stop;
         }
-        let result = self
-            .instance
-            .lock()
-            .await
-            .dispatch(&self.session, event)
-            .await;
-        if let Err(trap) = result {
-            warn!("{}", describe_trap(&trap));
-            self.instance.poison();
-            self.poisoned = true;
-        }
+        let _ = self.call(event).await;
         Next::Stop
     }
 
