@@ -26,6 +26,53 @@ pub struct Config {
     /// A directory of static files (the browser front end) served over plain HTTP.
     #[serde(default)]
     pub static_files: Option<StaticFiles>,
+    /// The operators' endpoint: Prometheus metrics at `/metrics`, liveness at
+    /// `/healthz`. Off unless configured.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+    /// How the host logs.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// The admin endpoint's address. Keep it private (loopback or an internal network):
+/// it has no authentication.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct AdminConfig {
+    /// The interface. Default `127.0.0.1`.
+    #[serde(default = "loopback")]
+    pub host: IpAddr,
+    /// The port (0 picks a free one; the host prints it).
+    pub port: u16,
+}
+
+fn loopback() -> IpAddr {
+    IpAddr::from([127, 0, 0, 1])
+}
+
+/// Logging: `RUST_LOG` picks the levels (default `info`); this picks the format.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct LogConfig {
+    /// `"text"` (default) or `"json"` (one object per line, with the connection's
+    /// span: id, service path and remote address).
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+/// The log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// JSON objects, one per line.
+    Json,
 }
 
 /// Static files served for paths no service claims.
@@ -83,6 +130,11 @@ pub struct ListenerConfig {
     /// their close handshakes after sending them 1001 Going Away. Default 10.
     #[serde(default = "default_grace_period")]
     pub grace_period: f64,
+    /// Whether a changed component file is loaded for new connections (checked every
+    /// second; open connections finish on the old one). `SIGHUP` reloads every
+    /// component either way. Default true.
+    #[serde(default = "yes")]
+    pub watch_components: bool,
 }
 
 fn default_grace_period() -> f64 {

@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -12,6 +13,8 @@ use tracing::{debug, info, warn};
 use crate::auth::Verdict;
 use crate::engine::{self, CloseCode, Frame, OpCode, WebSocket};
 use crate::http::{self, ReadError, Request, Upgrade};
+use crate::metrics::{Refusal, ServiceMetrics};
+use crate::runtime::ServiceComponent;
 use crate::runtime::{
     Accepted, CallbackError, Callbacks, Decision, Event, Header, InstanceHandle, Outgoing, Session,
     UpgradeRequest, describe_trap, is_sendable_close_code, truncate_reason,
@@ -180,7 +183,9 @@ where
     span.record("id", format!("{number:x}"));
     span.record("service", service.config.path.as_str());
     // The service's connection limit (503 beyond it), held until the connection ends.
+    let metrics = &service.metrics;
     let Some(slot) = service.try_open() else {
+        metrics.refused(Refusal::ConnectionLimit);
         warn!(
             limit = service.config.limits.max_connections,
             "service is at its connection limit"
@@ -201,6 +206,7 @@ where
         match Box::pin(service.auth.check(request)).await {
             Verdict::Allowed(principal) => Some(principal),
             Verdict::Unauthorized(challenge) => {
+                metrics.refused(Refusal::Unauthorized);
                 debug!("upgrade without valid credentials: 401");
                 let headers = [("www-authenticate", challenge.as_str())];
                 let _ =
@@ -208,6 +214,7 @@ where
                 return None;
             }
             Verdict::Forbidden => {
+                metrics.refused(Refusal::Forbidden);
                 debug!("upgrade without a required scope: 403");
                 let _ =
                     http::respond(&mut io, 403, &[], server, "a required scope is missing").await;
@@ -217,10 +224,17 @@ where
     } else {
         None
     };
-    let (mut instance, decision) = Box::pin(upgrade(
-        service, request, principal, remote, secure, &mut io, server,
+    // The component of this connection, for its whole life, even if a reload
+    // swaps the service's.
+    let component = service.component();
+    let Some((mut instance, decision)) = Box::pin(upgrade(
+        service, &component, request, principal, remote, secure, &mut io, server,
     ))
-    .await?;
+    .await
+    else {
+        metrics.refused(Refusal::GuestFailed);
+        return None;
+    };
     let (mut session, extra_headers, subprotocol) = match decision {
         Decision::Accept {
             session,
@@ -228,6 +242,7 @@ where
             subprotocol,
         } => (session, headers, subprotocol),
         Decision::Reject(rejection) => {
+            metrics.refused(Refusal::GuestRejected);
             let status = if (400..=599).contains(&rejection.status) {
                 rejection.status
             } else {
@@ -248,6 +263,7 @@ where
         Some(chosen) if offered.contains(&chosen.as_str()) => Some(chosen),
         Some(chosen) => {
             warn!(subprotocol = %chosen, "guest chose a subprotocol the client did not offer");
+            metrics.refused(Refusal::GuestFailed);
             let _ = http::respond(&mut io, 500, &[], server, "internal server error").await;
             return None;
         }
@@ -258,6 +274,7 @@ where
     };
     if let Some(bad) = extra_headers.iter().find(|h| !is_allowed_header(h)) {
         warn!(header = %bad.name, "guest returned a header the host does not allow");
+        metrics.refused(Refusal::GuestFailed);
         let _ = http::respond(&mut io, 500, &[], server, "internal server error").await;
         return None;
     }
@@ -299,7 +316,7 @@ where
         max_frame_size: service.config.frame_size_limit(),
         max_message_size: service.config.max_message_size,
     };
-    let callbacks = service.component.callbacks();
+    let callbacks = component.callbacks();
     let pong = if callbacks.contains(Callbacks::ON_PING) {
         engine::Pong::Manual
     } else {
@@ -328,7 +345,9 @@ where
         instance.end(session).await;
         return None;
     }
+    metrics.accepted();
     Some(Connection {
+        metrics: metrics.clone(),
         ws,
         instance,
         session,
@@ -353,8 +372,13 @@ fn offered_subprotocols<'a>(
         .filter(|offer| !service.auth.is_token_subprotocol(offer))
 }
 
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; the pieces of one request"
+)]
 async fn upgrade<S>(
     service: &Service,
+    component: &ServiceComponent,
     request: &Request,
     principal: Option<crate::auth::Principal>,
     remote: SocketAddr,
@@ -366,7 +390,7 @@ where
     S: AsyncWrite + Unpin,
 {
     let result = async {
-        let mut instance = service.component.instance().await?;
+        let mut instance = component.instance().await?;
         let upgrade_request = UpgradeRequest {
             method: request.method.clone(),
             path: request.path.clone(),
@@ -394,6 +418,7 @@ where
         match decision {
             Ok(decision) => Ok((instance, decision)),
             Err(trap) => {
+                service.metrics.trapped(crate::runtime::is_deadline(&trap));
                 instance.poison();
                 Err(trap)
             }
@@ -452,6 +477,7 @@ struct Connection<S> {
     inbox: topics::Inbox,
     /// The connection's place under the service's `max_connections`.
     _slot: crate::server::Slot,
+    metrics: Arc<ServiceMetrics>,
 }
 
 impl<S> Connection<S>
@@ -464,9 +490,11 @@ where
         let Connection {
             mut instance,
             session,
+            metrics,
             ..
         } = self;
         instance.end(session).await;
+        metrics.ended();
         debug!("connection closed");
     }
 
@@ -549,11 +577,15 @@ where
     async fn on_frame(&mut self, frame: Frame) -> Next {
         match frame.opcode() {
             OpCode::Text => {
+                self.metrics.received(frame.payload().len());
                 // The engine has checked the payload is UTF-8.
                 let text = std::str::from_utf8(frame.payload()).unwrap_or_default();
                 self.deliver(Event::Text(text)).await
             }
-            OpCode::Binary => self.deliver(Event::Binary(frame.payload())).await,
+            OpCode::Binary => {
+                self.metrics.received(frame.payload().len());
+                self.deliver(Event::Binary(frame.payload())).await
+            }
             // The engine has queued the pong already, unless the session answers.
             OpCode::Ping => self.deliver(Event::Ping(frame.payload())).await,
             OpCode::Pong => self.deliver(Event::Pong(frame.payload())).await,
@@ -562,6 +594,7 @@ where
                 let _ = self.instance.lock().await.mark_closing(&self.session);
                 let (code, reason) = engine::close_of(&frame);
                 debug!(code, %reason, "peer closed");
+                self.metrics.closed(code, true);
                 let _ = self.deliver_final(Event::Close(code, &reason)).await;
                 self.drain().await;
                 Next::Stop
@@ -573,6 +606,7 @@ where
     async fn on_engine_error(&mut self, error: engine::WebSocketError) -> Next {
         let code = engine::close_code_of(&error);
         let _ = self.instance.lock().await.mark_closing(&self.session);
+        self.metrics.closed(code, code == 1006);
         if code == 1006 {
             debug!("connection dropped without a close frame");
             let _ = self.deliver_final(Event::Close(1006, "")).await;
@@ -623,15 +657,15 @@ where
 
     /// Calls the session. A trap is logged and poisons the instance: `None`.
     async fn call(&mut self, event: Event<'_>) -> Option<Result<(), CallbackError>> {
-        let result = self
-            .instance
-            .lock()
-            .await
-            .dispatch(&self.session, event)
-            .await;
+        let mut instance = self.instance.lock().await;
+        let started = std::time::Instant::now();
+        let result = instance.dispatch(&self.session, event).await;
+        self.metrics.callback_took(started.elapsed());
+        drop(instance);
         match result {
             Ok(result) => Some(result),
             Err(trap) => {
+                self.metrics.trapped(crate::runtime::is_deadline(&trap));
                 warn!("{}; closing with 1011", describe_trap(&trap));
                 self.instance.poison();
                 self.poisoned = true;
@@ -671,8 +705,14 @@ where
         }
         for outgoing in outbox {
             let frame = match outgoing {
-                Outgoing::Text(text) => Frame::text(Bytes::from(text)),
-                Outgoing::Binary(data) => Frame::binary(data),
+                Outgoing::Text(text) => {
+                    self.metrics.sent(text.len());
+                    Frame::text(Bytes::from(text))
+                }
+                Outgoing::Binary(data) => {
+                    self.metrics.sent(data.len());
+                    Frame::binary(data)
+                }
                 Outgoing::Ping(data) => Frame::ping(data),
                 Outgoing::Pong(data) => Frame::pong(data),
                 Outgoing::Close {
@@ -708,6 +748,7 @@ where
                 Published::Text(text) => Frame::text(text),
                 Published::Binary(data) => Frame::binary(data),
             };
+            self.metrics.sent(frame.payload().len());
             if let Err(error) = self.ws.feed(frame).await {
                 debug!(%error, "write failed");
                 return Next::Stop;
@@ -724,6 +765,7 @@ where
     /// Sends a close frame, waits up to `timeout` for the peer's, and shuts the socket.
     /// The session's `on-close` runs if the peer's close frame arrives.
     async fn close(&mut self, code: u16, reason: &str, timeout: Duration) {
+        self.metrics.closed(code, false);
         let _ = self.instance.lock().await.mark_closing(&self.session);
         let frame = Frame::close(CloseCode::from(code), truncate_reason(reason));
         if self.ws.send(frame).await.is_err() {

@@ -9,6 +9,7 @@
 //! Most users run the `wasmsocket` binary with a `wasmsocket.toml`; this library is
 //! the same host for embedding and tests: [`Config`] and [`Server`].
 
+mod admin;
 mod auth;
 mod config;
 mod connection;
@@ -19,6 +20,7 @@ mod http;
 mod introspection;
 mod jwks;
 mod ldap;
+mod metrics;
 mod outbound;
 mod runtime;
 mod server;
@@ -26,10 +28,10 @@ mod tls;
 mod topics;
 
 pub use config::{
-    AuthEntry, CertKey, Config, DirGrant, Grants, Http1Settings, JwksConfig, JwtSignature,
-    JwtValidatorConfig, KeepAlive, LdapUserStoreConfig, ListenerConfig, ListenerSecureSocket,
-    MutualSsl, OAuth2IntrospectionConfig, RequestLimits, SandboxLimits, ServiceConfig, StaticFiles,
-    TlsProtocol, VerifyClient,
+    AdminConfig, AuthEntry, CertKey, Config, DirGrant, Grants, Http1Settings, InstanceMode,
+    JwksConfig, JwtSignature, JwtValidatorConfig, KeepAlive, LdapUserStoreConfig, ListenerConfig,
+    ListenerSecureSocket, LogConfig, LogFormat, MutualSsl, OAuth2IntrospectionConfig,
+    RequestLimits, SandboxLimits, ServiceConfig, StaticFiles, TlsProtocol, VerifyClient,
 };
 pub use error::{Error, Result};
 pub use server::{Server, ServerHandle};

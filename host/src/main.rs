@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use wasmsocket_host::{Config, Server};
+use wasmsocket_host::{Config, LogFormat, Server};
 
 /// WebSockets served by sandboxed WebAssembly components.
 #[derive(Parser)]
@@ -32,13 +32,6 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -59,16 +52,49 @@ fn main() -> ExitCode {
     }
 }
 
+/// Logs to stderr, at the levels `RUST_LOG` gives (default `info`), as text or JSON.
+fn init_logging(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().with_current_span(true).init(),
+        _ => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
+}
+
 async fn run(command: Command) -> wasmsocket_host::Result<()> {
     match command {
         Command::Serve { config } => {
-            let server = Server::bind(Config::load(&config)?).await?;
+            let config = Config::load(&config).inspect_err(|_| init_logging(LogFormat::Text))?;
+            init_logging(config.log.format);
+            let server = Server::bind(config).await?;
             // Listen for signals before telling anyone we serve, so a stop that
             // follows at once is still graceful.
             let mut signals = Signals::listen()?;
-            // Tests and scripts read this line to learn the port.
+            // Tests and scripts read these lines to learn the ports.
+            if let Some(admin) = server.admin_addr() {
+                println!("wasmsocket admin on {admin}");
+            }
             println!("wasmsocket listening on {}", server.local_addr());
             let handle = server.handle();
+            #[cfg(unix)]
+            {
+                // SIGHUP: load every component again for new connections.
+                let handle = handle.clone();
+                let mut hangup =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                        .map_err(wasmsocket_host::Error::Signal)?;
+                tokio::spawn(async move {
+                    while hangup.recv().await.is_some() {
+                        handle.reload().await;
+                    }
+                });
+            }
             tokio::spawn(async move {
                 signals.next().await;
                 handle.graceful_stop();
@@ -79,11 +105,13 @@ async fn run(command: Command) -> wasmsocket_host::Result<()> {
             server.serve().await
         }
         Command::Check { config } => {
+            init_logging(LogFormat::Text);
             let config = Config::load(&config)?;
             let services = config.services.len();
             // Binding port 0 loads and links every component without taking the port.
             let mut config = config;
             config.listener.port = 0;
+            config.admin = None;
             Server::bind(config).await?;
             println!("ok: {services} service(s) load");
             Ok(())

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use wasmtime::component::{Component, Linker, Resource, ResourceAny, ResourceTable};
@@ -110,6 +110,7 @@ impl Runtime {
         limits: &SandboxLimits,
         grants: &Grants,
         shared_instances: Option<usize>,
+        memory_gauge: Arc<AtomicI64>,
     ) -> Result<ServiceComponent> {
         for (index, dir) in grants.dirs.iter().enumerate() {
             if !dir.host.is_dir() {
@@ -139,6 +140,7 @@ impl Runtime {
             callbacks: Callbacks::all(),
             topics: self.topics.clone(),
             pool: shared_instances.map(Pool::new),
+            memory_gauge,
         };
         let mut instance = loaded.instantiate().await.map_err(error)?;
         loaded.callbacks = instance.implemented_callbacks().await.map_err(error)?;
@@ -162,6 +164,8 @@ pub(crate) struct ServiceComponent {
     topics: Arc<Topics>,
     /// Shared mode's instances; `None` in isolated mode.
     pool: Option<Pool>,
+    /// The service's `wasmsocket_guest_memory_bytes`.
+    memory_gauge: Arc<AtomicI64>,
 }
 
 impl ServiceComponent {
@@ -210,12 +214,16 @@ impl ServiceComponent {
         let data = StoreData {
             wasi: self.wasi()?,
             table,
-            limits: StoreLimitsBuilder::new()
-                .memory_size(self.limits.max_memory)
-                .instances(16)
-                .tables(16)
-                .memories(4)
-                .build(),
+            limits: Limiter {
+                limits: StoreLimitsBuilder::new()
+                    .memory_size(self.limits.max_memory)
+                    .instances(16)
+                    .tables(16)
+                    .memories(4)
+                    .build(),
+                gauge: self.memory_gauge.clone(),
+                held: 0,
+            },
             max_write_buffer: self.limits.max_write_buffer,
             ticks_left: 0,
             topics: self.topics.clone(),
@@ -256,7 +264,7 @@ impl ServiceComponent {
 pub(crate) struct StoreData {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: Limiter,
     max_write_buffer: usize,
     /// Epoch ticks the running callback may still use.
     ticks_left: u64,
@@ -269,6 +277,67 @@ impl WasiView for StoreData {
             ctx: &mut self.wasi,
             table: &mut self.table,
         }
+    }
+}
+
+/// The store's limits, and the linear memory it holds, counted into the service's
+/// memory gauge.
+struct Limiter {
+    limits: StoreLimits,
+    gauge: Arc<AtomicI64>,
+    /// Bytes of linear memory this store has.
+    held: i64,
+}
+
+impl wasmtime::ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.limits.memory_growing(current, desired, maximum)?;
+        if allowed {
+            let grown = desired.saturating_sub(current) as i64;
+            self.held += grown;
+            self.gauge.fetch_add(grown, Ordering::Relaxed);
+        }
+        Ok(allowed)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.limits.memory_grow_failed(error)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.limits.table_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories()
+    }
+}
+
+impl Drop for Limiter {
+    fn drop(&mut self) {
+        self.gauge.fetch_sub(self.held, Ordering::Relaxed);
     }
 }
 
@@ -955,6 +1024,11 @@ impl InstanceHandle {
             }
         }
     }
+}
+
+/// Whether a guest call failed for running past its deadline.
+pub(crate) fn is_deadline(error: &wasmtime::Error) -> bool {
+    matches!(error.downcast_ref::<Trap>(), Some(Trap::Interrupt))
 }
 
 /// A short description of why a guest call failed, for logs.

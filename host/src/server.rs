@@ -13,6 +13,7 @@ use tracing::{Instrument, info, warn};
 
 use crate::auth::Auth;
 use crate::config::{Config, ListenerConfig, ServiceConfig, StaticFiles};
+use crate::metrics::{Metrics, ServiceMetrics};
 use crate::runtime::{Runtime, ServiceComponent};
 use crate::{Error, Result, connection};
 
@@ -28,6 +29,8 @@ use crate::{Error, Result, connection};
 /// ```
 pub struct Server {
     listener: TcpListener,
+    /// The operators' endpoint (metrics, health), if configured.
+    admin: Option<TcpListener>,
     shared: Arc<Shared>,
 }
 
@@ -40,15 +43,40 @@ pub(crate) struct Shared {
     pub(crate) shutdown: Arc<Shutdown>,
     next_id: AtomicU64,
     runtime: Runtime,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 /// A service: its configuration, its loaded component, its authenticators and its
 /// count of open connections.
 pub(crate) struct Service {
     pub(crate) config: ServiceConfig,
-    pub(crate) component: ServiceComponent,
+    /// The component new connections get; a reload swaps it, and connections keep
+    /// the one they started with.
+    component: std::sync::RwLock<Arc<ServiceComponent>>,
+    /// The component file's modification time when it was last loaded (or tried).
+    loaded: std::sync::Mutex<Option<std::time::SystemTime>>,
     pub(crate) auth: Arc<Auth>,
     open: Arc<AtomicUsize>,
+    pub(crate) metrics: Arc<ServiceMetrics>,
+}
+
+/// How often component files are checked for changes.
+const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The component file's modification time, if it can be read.
+fn modified(config: &ServiceConfig) -> Option<std::time::SystemTime> {
+    std::fs::metadata(&config.component)
+        .and_then(|meta| meta.modified())
+        .ok()
 }
 
 /// Holds one of a service's connection slots until dropped.
@@ -61,7 +89,12 @@ impl Drop for Slot {
 }
 
 impl Service {
-    async fn load(runtime: &Runtime, config: ServiceConfig, field: &str) -> Result<Self> {
+    async fn load(
+        runtime: &Runtime,
+        metrics: &Metrics,
+        config: ServiceConfig,
+        field: &str,
+    ) -> Result<Self> {
         let auth = Auth::new(
             &config.auth,
             config.token_query_param.clone(),
@@ -72,7 +105,25 @@ impl Service {
             path: Default::default(),
             message,
         })?;
-        let component = runtime
+        let modified = modified(&config);
+        let metrics = metrics.service(&config.path);
+        let component = Self::compile(runtime, &config, &metrics).await?;
+        Ok(Self {
+            config,
+            component: std::sync::RwLock::new(Arc::new(component)),
+            loaded: std::sync::Mutex::new(modified),
+            auth: Arc::new(auth),
+            open: Arc::new(AtomicUsize::new(0)),
+            metrics,
+        })
+    }
+
+    async fn compile(
+        runtime: &Runtime,
+        config: &ServiceConfig,
+        metrics: &ServiceMetrics,
+    ) -> Result<ServiceComponent> {
+        runtime
             .load(
                 &config.path,
                 &config.component,
@@ -80,14 +131,33 @@ impl Service {
                 &config.grants,
                 (config.mode == crate::config::InstanceMode::Shared)
                     .then(|| config.shared_instance_count()),
+                metrics.memory.clone(),
             )
-            .await?;
-        Ok(Self {
-            config,
-            component,
-            auth: Arc::new(auth),
-            open: Arc::new(AtomicUsize::new(0)),
-        })
+            .await
+    }
+
+    /// The component a new connection runs.
+    pub(crate) fn component(&self) -> Arc<ServiceComponent> {
+        self.component
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Compiles the component file again and, if that works, serves new connections
+    /// with it; open connections finish on the old one. A failure leaves the old one
+    /// serving.
+    async fn reload(&self, runtime: &Runtime) -> Result<()> {
+        *self.loaded.lock().unwrap_or_else(|e| e.into_inner()) = modified(&self.config);
+        let component = Self::compile(runtime, &self.config, &self.metrics).await?;
+        *self.component.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(component);
+        Ok(())
+    }
+
+    /// Whether the component file changed since it was last loaded (or tried).
+    fn changed_on_disk(&self) -> bool {
+        let now = modified(&self.config);
+        now.is_some() && now != *self.loaded.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Takes a connection slot, unless the service is at `max_connections`.
@@ -113,9 +183,11 @@ impl Server {
     /// Loads every component (compiling it once) and binds the listening socket.
     pub async fn bind(config: Config) -> Result<Self> {
         let runtime = Runtime::new()?;
+        let metrics = Arc::new(Metrics::default());
         let mut services = HashMap::with_capacity(config.services.len());
         for (index, service) in config.services.into_iter().enumerate() {
-            let service = Service::load(&runtime, service, &format!("service[{index}]")).await?;
+            let field = format!("service[{index}]");
+            let service = Service::load(&runtime, &metrics, service, &field).await?;
             let config = &service.config;
             info!(path = %config.path, component = %config.component.display(), "service loaded");
             services.insert(config.path.clone(), Arc::new(service));
@@ -132,8 +204,20 @@ impl Server {
         let listener = TcpListener::bind(address)
             .await
             .map_err(|source| Error::Bind { address, source })?;
+        let admin = match &config.admin {
+            Some(admin) => {
+                let address = SocketAddr::new(admin.host, admin.port);
+                Some(
+                    TcpListener::bind(address)
+                        .await
+                        .map_err(|source| Error::Bind { address, source })?,
+                )
+            }
+            None => None,
+        };
         Ok(Self {
             listener,
+            admin,
             shared: Arc::new(Shared {
                 listener: config.listener,
                 tls,
@@ -142,6 +226,7 @@ impl Server {
                 shutdown: Arc::new(Shutdown::new(grace)),
                 next_id: AtomicU64::new(1),
                 runtime,
+                metrics,
             }),
         })
     }
@@ -151,6 +236,13 @@ impl Server {
         ServerHandle {
             shared: self.shared.clone(),
         }
+    }
+
+    /// The admin endpoint's address, if one is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+            .as_ref()
+            .and_then(|admin| admin.local_addr().ok())
     }
 
     /// The address the server listens on (useful with port 0).
@@ -169,8 +261,22 @@ impl Server {
     /// closes every connection with 1001 (Going Away) and waits up to the listener's
     /// `grace_period` for the close handshakes. Connections still open then are
     /// dropped.
-    pub async fn serve_until(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+    pub async fn serve_until(mut self, shutdown: impl Future<Output = ()>) -> Result<()> {
         let mut shutdown = std::pin::pin!(shutdown);
+        // Component files are watched (polled) for changes while serving.
+        let admin = self.admin.take().map(|admin| {
+            let metrics = self.shared.metrics.clone();
+            AbortOnDrop(tokio::spawn(crate::admin::serve(admin, metrics)))
+        });
+        let watcher = self.shared.listener.watch_components.then(|| {
+            let handle = self.handle();
+            AbortOnDrop(tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(WATCH_INTERVAL).await;
+                    handle.reload_changed().await;
+                }
+            }))
+        });
         loop {
             let accepted = tokio::select! {
                 accepted = self.listener.accept() => accepted,
@@ -217,6 +323,8 @@ impl Server {
             .instrument(span);
             tokio::spawn(task);
         }
+        drop(watcher);
+        drop(admin);
         drop(self.listener);
         let open = self.shared.shutdown.active();
         info!(open, "stopping: closing connections with 1001");
@@ -269,7 +377,13 @@ impl ServerHandle {
         if self.is_attached(&service.path) {
             return Err(taken(&service.path));
         }
-        let service = Service::load(&self.shared.runtime, service, "service").await?;
+        let service = Service::load(
+            &self.shared.runtime,
+            &self.shared.metrics,
+            service,
+            "service",
+        )
+        .await?;
         let mut services = self
             .shared
             .services
@@ -300,6 +414,37 @@ impl ServerHandle {
         removed
     }
 
+    /// Compiles every service's component file again; each that compiles serves new
+    /// connections from now on, while open connections finish on the old one. One
+    /// that fails keeps the old one serving; the error says why.
+    pub async fn reload(&self) -> Vec<(String, Result<()>)> {
+        self.reload_where(|_| true).await
+    }
+
+    /// Reloads the services whose component file changed since it was loaded.
+    async fn reload_changed(&self) {
+        self.reload_where(Service::changed_on_disk).await;
+    }
+
+    async fn reload_where(&self, pick: impl Fn(&Service) -> bool) -> Vec<(String, Result<()>)> {
+        let services: Vec<Arc<Service>> = self
+            .shared
+            .services
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|service| pick(service))
+            .cloned()
+            .collect();
+        let mut outcomes = Vec::with_capacity(services.len());
+        for service in services {
+            let outcome = service.reload(&self.shared.runtime).await;
+            log_reload(&service.config.path, &outcome);
+            outcomes.push((service.config.path.clone(), outcome));
+        }
+        outcomes
+    }
+
     /// Whether a service is attached at `path`.
     pub fn is_attached(&self, path: &str) -> bool {
         self.shared
@@ -318,6 +463,13 @@ impl ServerHandle {
     /// Stops at once: connections are dropped without a close handshake.
     pub fn immediate_stop(&self) {
         self.shared.shutdown.request(true);
+    }
+}
+
+fn log_reload(path: &str, outcome: &Result<()>) {
+    match outcome {
+        Ok(()) => info!(path, "component reloaded: new connections run the new one"),
+        Err(error) => warn!(path, %error, "component reload failed; the old one keeps serving"),
     }
 }
 

@@ -58,6 +58,7 @@ pub fn scratch_dir(label: &str) -> PathBuf {
 pub struct Host {
     child: Child,
     addr: SocketAddr,
+    admin: Option<SocketAddr>,
     dir: PathBuf,
 }
 
@@ -81,9 +82,13 @@ impl Host {
             .expect("start the wasmsocket binary");
         let stdout = child.stdout.take().expect("piped stdout");
         let mut lines = BufReader::new(stdout).lines();
+        let mut admin = None;
         let addr = loop {
             match lines.next() {
                 Some(Ok(line)) => {
+                    if let Some(addr) = line.strip_prefix("wasmsocket admin on ") {
+                        admin = Some(addr.trim().parse().expect("admin address"));
+                    }
                     if let Some(addr) = line.strip_prefix("wasmsocket listening on ") {
                         break addr.trim().parse().expect("listening address");
                     }
@@ -96,7 +101,12 @@ impl Host {
         };
         // Keep draining stdout so the host never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Self { child, addr, dir }
+        Self {
+            child,
+            addr,
+            admin,
+            dir,
+        }
     }
 
     /// Starts a host serving one component at `path` with extra service settings.
@@ -116,6 +126,11 @@ impl Host {
         self.addr
     }
 
+    /// The admin endpoint's address, when the config has an `[admin]` table.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+
     /// `ws://host:port{path}`.
     pub fn url(&self, path: &str) -> String {
         format!("ws://{}{path}", self.addr)
@@ -123,11 +138,17 @@ impl Host {
 
     /// Sends SIGTERM (a graceful stop) to the host.
     pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends the signal called `name` (`TERM`, `HUP`, ...) to the host.
+    pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
             .status()
             .expect("run kill");
-        assert!(status.success(), "kill -TERM failed");
+        assert!(status.success(), "kill -{name} failed");
     }
 
     /// Waits up to `limit` for the host to exit; its exit status, if it did.
