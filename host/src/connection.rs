@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::SinkExt;
+use futures_util::{FutureExt, SinkExt};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, info, warn};
 
@@ -357,6 +357,7 @@ where
         shutdown: shared.shutdown.signal(),
         inbox,
         _slot: slot,
+        unflushed: false,
     })
 }
 
@@ -477,6 +478,8 @@ struct Connection<S> {
     inbox: topics::Inbox,
     /// The connection's place under the service's `max_connections`.
     _slot: crate::server::Slot,
+    /// Frames were queued and not flushed yet.
+    unflushed: bool,
     metrics: Arc<ServiceMetrics>,
 }
 
@@ -504,6 +507,13 @@ where
         }
         let mut poisoned = std::pin::pin!(self.instance.poisoned());
         loop {
+            if self.unflushed {
+                self.unflushed = false;
+                if let Err(error) = self.ws.flush().await {
+                    debug!(%error, "write failed");
+                    return;
+                }
+            }
             let idle_timeout = self.idle_timeout;
             let idle = async move {
                 match idle_timeout {
@@ -564,10 +574,19 @@ where
                     return;
                 }
             };
-            let next = match received {
+            let mut next = match received {
                 Ok(frame) => self.on_frame(frame).await,
                 Err(error) => self.on_engine_error(error).await,
             };
+            // Frames that arrived together are handled together, and their answers
+            // leave in one write.
+            while let Next::Continue = next {
+                next = match self.ws.next_frame().now_or_never() {
+                    Some(Ok(frame)) => self.on_frame(frame).await,
+                    Some(Err(error)) => self.on_engine_error(error).await,
+                    None => break,
+                };
+            }
             if let Next::Stop = next {
                 return;
             }
@@ -687,7 +706,9 @@ where
         Next::Stop
     }
 
-    /// Sends the frames the last callback queued, in order.
+    /// Queues the frames the last callback asked for, in order. The run loop flushes
+    /// them once the frames that had already arrived are handled: one write for a
+    /// burst.
     async fn flush_outbox(&mut self) -> Next {
         let outbox = self.instance.lock().await.take_outbox(&self.session);
         let outbox = match outbox {
@@ -732,10 +753,7 @@ where
                 debug!(%error, "write failed");
                 return Next::Stop;
             }
-        }
-        if let Err(error) = self.ws.flush().await {
-            debug!(%error, "write failed");
-            return Next::Stop;
+            self.unflushed = true;
         }
         Next::Continue
     }
