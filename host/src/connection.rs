@@ -358,6 +358,7 @@ where
         inbox,
         _slot: slot,
         unflushed: false,
+        next_due: None,
     })
 }
 
@@ -480,6 +481,8 @@ struct Connection<S> {
     _slot: crate::server::Slot,
     /// Frames were queued and not flushed yet.
     unflushed: bool,
+    /// When the session's next timer is due.
+    next_due: Option<tokio::time::Instant>,
     metrics: Arc<ServiceMetrics>,
 }
 
@@ -521,7 +524,7 @@ where
                     None => std::future::pending().await,
                 }
             };
-            let timer = self.instance.lock().await.next_timer(&self.session);
+            let timer = self.next_due;
             let timer_due = async move {
                 match timer {
                     Some(due) => tokio::time::sleep_until(due).await,
@@ -539,11 +542,12 @@ where
                     continue;
                 }
                 () = timer_due => {
-                    let due = self
-                        .instance
-                        .lock()
-                        .await
-                        .due_timers(&self.session, tokio::time::Instant::now());
+                    let due = {
+                        let mut instance = self.instance.lock().await;
+                        let due = instance.due_timers(&self.session, tokio::time::Instant::now());
+                        self.next_due = instance.next_timer(&self.session);
+                        due
+                    };
                     for id in due {
                         if let Next::Stop = self.deliver(Event::Timer(id)).await {
                             return;
@@ -680,6 +684,8 @@ where
         let started = std::time::Instant::now();
         let result = instance.dispatch(&self.session, event).await;
         self.metrics.callback_took(started.elapsed());
+        // Timers change only in callbacks.
+        self.next_due = instance.next_timer(&self.session);
         drop(instance);
         match result {
             Ok(result) => Some(result),
