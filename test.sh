@@ -22,7 +22,7 @@ cargo test --release --workspace
 echo "== browser tests"
 scripts/browser-tests.sh
 
-echo "== Autobahn: the host with the echo component (all but 12.*, 13.*; their 12.1, 13.1 samples)"
+echo "== Autobahn: the host with the echo component, isolated and shared (all but 12.*, 13.*; their 12.1, 13.1 samples)"
 scripts/autobahn-host.sh
 
 echo "== Autobahn: native client (all but 12.*, 13.*; their 12.1, 13.1 samples)"

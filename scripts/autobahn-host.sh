@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The host (echo component) against the Autobahn TestSuite (fuzzingclient mode).
+# The host (echo component, isolated and shared mode) against the Autobahn TestSuite
+# (fuzzingclient mode).
 #   scripts/autobahn-host.sh          all cases except the compression ones (12.*, 13.*),
 #                                     plus the 12.1.* and 13.1.* samples
 #   scripts/autobahn-host.sh --full   every case (12.* and 13.* take 15-20 minutes)
@@ -26,6 +27,15 @@ path = "/echo"
 component = "$CARGO_TARGET_DIR/wasm32-wasip2/release/echo.wasm"
 max_frame_size = 16777216
 max_message_size = 16777216
+
+[[service]]
+path = "/echo-shared"
+component = "$CARGO_TARGET_DIR/wasm32-wasip2/release/echo.wasm"
+max_frame_size = 16777216
+max_message_size = 16777216
+mode = "shared"
+[service.limits]
+max_memory = 268435456
 TOML
 trap 'kill "${host_pid:-}" 2>/dev/null || true; rm -rf "$work"' EXIT
 start_host "$work/wasmsocket.toml"
@@ -34,7 +44,8 @@ cases='["1.*", "2.*", "3.*", "4.*", "5.*", "6.*", "7.*", "9.*", "10.*", "12.1.*"
 [ "${1:-}" = "--full" ] && cases='["*"]'
 cat > "$work/spec.json" <<JSON
 {"outdir": "$work/reports/servers",
- "servers": [{"agent": "wasmsocket", "url": "ws://$addr/echo"}],
+ "servers": [{"agent": "wasmsocket", "url": "ws://$addr/echo"},
+             {"agent": "wasmsocket-shared", "url": "ws://$addr/echo-shared"}],
  "cases": $cases, "exclude-cases": [], "exclude-agent-cases": {}}
 JSON
 (cd "$work" && "$dir/venv27/bin/python" "$kit/wstest_local.py" -m fuzzingclient -s spec.json > wstest.log 2>&1)
