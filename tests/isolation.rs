@@ -157,3 +157,52 @@ async fn shared_instance_sessions_end_with_their_connections() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// An isolated connection needs its own linear memory. When the host cannot map
+/// another (here: its address space is capped), the upgrade gets 503 with
+/// `retry-after` — not a guest error — the connections already open keep working, and
+/// a freed slot is usable again.
+#[tokio::test]
+async fn out_of_memory_for_instances_is_503() {
+    // Each instance reserves 4 GiB of address space for its linear memory; 48 GiB
+    // holds a handful.
+    let host = Host::start_under(
+        "ulimit -v 50331648",
+        &format!(
+            "[listener]\nhost = \"127.0.0.1\"\nport = 0\n\n[[service]]\npath = \"/echo\"\ncomponent = {:?}\n",
+            components::ECHO
+        ),
+    );
+    let url = host.url("/echo");
+    let mut open = Vec::new();
+    let refusal = loop {
+        assert!(open.len() < 64, "the address space cap never bit");
+        match connect_async(&url).await {
+            Ok((client, _)) => open.push(client),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => break response,
+            Err(other) => panic!("unexpected {other}"),
+        }
+    };
+    assert_eq!(refusal.status().as_u16(), 503);
+    assert_eq!(refusal.headers()["retry-after"], "1");
+    assert!(!open.is_empty(), "no instance at all fit");
+    let first = &mut open[0];
+    first.send(Message::text("still")).await.unwrap();
+    assert_eq!(next(first).await, Message::text("still"));
+
+    // Closing one frees its memory for the next.
+    let mut last = open.pop().unwrap();
+    last.close(None).await.unwrap();
+    while let Some(Ok(_)) = last.next().await {}
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        if connect_async(&url).await.is_ok() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the freed slot was not reused"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

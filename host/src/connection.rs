@@ -232,7 +232,6 @@ where
     ))
     .await
     else {
-        metrics.refused(Refusal::GuestFailed);
         return None;
     };
     let (mut session, extra_headers, subprotocol) = match decision {
@@ -362,8 +361,6 @@ where
     })
 }
 
-/// Instantiates the service's component and runs its upgrade hook; on failure answers
-/// 500 and returns `None`.
 /// The subprotocols the client offered, without one that carries a bearer token.
 fn offered_subprotocols<'a>(
     service: &'a Service,
@@ -374,6 +371,9 @@ fn offered_subprotocols<'a>(
         .filter(|offer| !service.auth.is_token_subprotocol(offer))
 }
 
+/// Instantiates the service's component (or takes a shared instance) and runs its
+/// upgrade hook. On failure answers — 503 when the host is out of resources for
+/// another instance, 500 when the guest failed — and returns `None`.
 #[expect(
     clippy::too_many_arguments,
     reason = "one call site; the pieces of one request"
@@ -391,8 +391,31 @@ async fn upgrade<S>(
 where
     S: AsyncWrite + Unpin,
 {
+    let mut instance = match component.instance().await {
+        Ok(instance) => instance,
+        Err(error) if is_out_of_resources(&error) => {
+            warn!(
+                "cannot instantiate another copy of the component: {error:#}; each isolated \
+                 connection maps its own memory (about 4 of the kernel's vm.max_map_count \
+                 mappings): raise that limit or use mode = \"shared\""
+            );
+            service.metrics.refused(Refusal::Capacity);
+            let headers = [("retry-after", "1")];
+            let _ = http::respond(io, 503, &headers, server, "server at capacity").await;
+            return None;
+        }
+        Err(error) => {
+            warn!(
+                "cannot instantiate the component: {}",
+                describe_trap(&error)
+            );
+            service.metrics.trapped(crate::runtime::is_deadline(&error));
+            service.metrics.refused(Refusal::GuestFailed);
+            let _ = http::respond(io, 500, &[], server, "internal server error").await;
+            return None;
+        }
+    };
     let result = async {
-        let mut instance = component.instance().await?;
         let upgrade_request = UpgradeRequest {
             method: request.method.clone(),
             path: request.path.clone(),
@@ -431,10 +454,22 @@ where
         Ok(accepted) => Some(accepted),
         Err(trap) => {
             warn!("upgrade failed: {}", describe_trap(&trap));
+            service.metrics.refused(Refusal::GuestFailed);
             let _ = http::respond(io, 500, &[], server, "internal server error").await;
             None
         }
     }
+}
+
+/// Whether instantiating failed for want of memory or mappings (the kernel said
+/// ENOMEM), rather than because of the guest.
+fn is_out_of_resources(error: &wasmtime::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::OutOfMemory)
+            || cause.downcast_ref::<rustix::io::Errno>() == Some(&rustix::io::Errno::NOMEM)
+    })
 }
 
 /// Whether a guest-supplied response header may be sent: a valid field, and not one

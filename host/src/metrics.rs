@@ -21,15 +21,18 @@ pub(crate) enum Refusal {
     GuestRejected,
     /// The guest trapped in its upgrade hook or returned something invalid (500).
     GuestFailed,
+    /// The host could not make another instance: out of memory or mappings (503).
+    Capacity,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 5] = [
+    const ALL: [Refusal; 6] = [
         Refusal::Unauthorized,
         Refusal::Forbidden,
         Refusal::ConnectionLimit,
         Refusal::GuestRejected,
         Refusal::GuestFailed,
+        Refusal::Capacity,
     ];
 
     fn label(self) -> &'static str {
@@ -39,6 +42,7 @@ impl Refusal {
             Refusal::ConnectionLimit => "connection_limit",
             Refusal::GuestRejected => "guest_rejected",
             Refusal::GuestFailed => "guest_failed",
+            Refusal::Capacity => "capacity",
         }
     }
 }

@@ -66,6 +66,13 @@ impl Runtime {
     pub(crate) fn new() -> Result<Self> {
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
+        // Every isolated connection maps a linear memory and a fiber stack, and Linux
+        // caps a process's mappings (vm.max_map_count, 65530 by default). No guard
+        // region in front of linear memory and no copy-on-write image mapping in the
+        // middle of it take a connection from 7 mappings to 4 (bounds checks are still
+        // elided: the 4 GiB reservation stays).
+        config.guard_before_linear_memory(false);
+        config.memory_init_cow(false);
         // Guest calls are async (so the WASI streams work inside tokio, and a busy
         // guest yields to other connections every tick), but the component-model
         // concurrency machinery is not used: it would double the cost of each call.

@@ -60,6 +60,37 @@ pub(crate) struct Service {
     pub(crate) metrics: Arc<ServiceMetrics>,
 }
 
+/// Kernel memory mappings an isolated connection takes (its linear memory and its
+/// fiber stack, each with a guard).
+const MAPPINGS_PER_INSTANCE: usize = 4;
+
+/// Warns when the isolated services' `max_connections` would need more memory
+/// mappings than the kernel allows a process (`vm.max_map_count`): past that, upgrades
+/// get 503.
+fn warn_if_mappings_run_out<'a>(services: impl Iterator<Item = &'a ServiceConfig>) {
+    let Some(allowed) = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()
+        .and_then(|text| text.trim().parse::<usize>().ok())
+    else {
+        return;
+    };
+    let isolated: usize = services
+        .filter(|service| service.mode == crate::config::InstanceMode::Isolated)
+        .map(|service| service.limits.max_connections)
+        .sum();
+    let needed = isolated.saturating_mul(MAPPINGS_PER_INSTANCE);
+    if needed > allowed {
+        warn!(
+            isolated_connections = isolated,
+            vm_max_map_count = allowed,
+            "isolated services allow more connections than the kernel's vm.max_map_count \
+             can map (about {MAPPINGS_PER_INSTANCE} per connection): past about {} of them \
+             upgrades get 503; raise vm.max_map_count (sysctl) or use mode = \"shared\"",
+            allowed / MAPPINGS_PER_INSTANCE
+        );
+    }
+}
+
 /// How often component files are checked for changes.
 const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -192,6 +223,7 @@ impl Server {
             info!(path = %config.path, component = %config.component.display(), "service loaded");
             services.insert(config.path.clone(), Arc::new(service));
         }
+        warn_if_mappings_run_out(services.values().map(|service| &service.config));
         let tls = match &config.listener.secure_socket {
             Some(secure) => Some((
                 crate::tls::acceptor(secure).map_err(Error::Tls)?,

@@ -66,10 +66,26 @@ impl Host {
     /// Starts `wasmsocket serve` with `config`, a TOML text whose `[listener]` must say
     /// `port = 0`; waits until it listens.
     pub fn start(config: &str) -> Self {
+        Self::start_under("", config)
+    }
+
+    /// Like [`Host::start`], with shell commands run first in the host's process
+    /// (e.g. `ulimit -v 1000000` to cap its address space).
+    pub fn start_under(shell_prefix: &str, config: &str) -> Self {
         let dir = scratch_dir("host");
         let file = dir.join("wasmsocket.toml");
         std::fs::write(&file, config).expect("write config");
-        let mut child = Command::new(host_binary())
+        let mut command = if shell_prefix.is_empty() {
+            Command::new(host_binary())
+        } else {
+            let mut command = Command::new("sh");
+            command
+                .arg("-c")
+                .arg(format!("{shell_prefix}; exec \"$0\" \"$@\""))
+                .arg(host_binary());
+            command
+        };
+        let mut child = command
             .args(["serve", "--config"])
             .arg(&file)
             .env(
