@@ -227,13 +227,10 @@ where
     // The component of this connection, for its whole life, even if a reload
     // swaps the service's.
     let component = service.component();
-    let Some((mut instance, decision)) = Box::pin(upgrade(
+    let (mut instance, decision) = Box::pin(upgrade(
         service, &component, request, principal, remote, secure, &mut io, server,
     ))
-    .await
-    else {
-        return None;
-    };
+    .await?;
     let (mut session, extra_headers, subprotocol) = match decision {
         Decision::Accept {
             session,
