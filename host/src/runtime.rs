@@ -63,7 +63,8 @@ pub(crate) struct Runtime {
 }
 
 impl Runtime {
-    pub(crate) fn new() -> Result<Self> {
+    /// The engine and linker; guests' topics are `topics`.
+    pub(crate) fn new(topics: Arc<Topics>) -> Result<Self> {
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
         // Guest calls are async (so the WASI streams work inside tokio, and a busy
@@ -97,7 +98,7 @@ impl Runtime {
         Ok(Self {
             engine,
             linker,
-            topics: Arc::new(Topics::default()),
+            topics,
             ticker_stop,
         })
     }
