@@ -238,8 +238,8 @@ impl Relay {
                 redis = %self.url.address(),
                 ?role,
                 %error,
-                "topics: Redis is unreachable; messages reach this host's subscribers only, \
-                 and those for other hosts are dropped, until it is back (retrying)"
+                "topics: Redis is unreachable; until it is back, messages reach this host's \
+                 subscribers only (retrying)"
             );
         }
     }
@@ -447,6 +447,8 @@ impl Relay {
     fn on_push(&self, reply: Reply, topics: &Topics) -> Result<(), RedisError> {
         let items = match reply {
             Reply::Array(Some(items)) => items,
+            // The answer to PING while subscribed to nothing.
+            Reply::Status(pong) if pong == "PONG" => return Ok(()),
             Reply::Error(error) => return Err(RedisError::Server(error)),
             other => return Err(unexpected(&other)),
         };
@@ -665,6 +667,8 @@ mod tests {
         assert!(relay.on_push(ack, &topics).is_ok());
         let pong = Reply::Array(Some(vec![bulk(b"pong"), bulk(b"")]));
         assert!(relay.on_push(pong, &topics).is_ok());
+        // PING while subscribed to nothing: not a push.
+        assert!(relay.on_push(Reply::Status("PONG".into()), &topics).is_ok());
         let refused = Reply::Error("NOPERM".into());
         assert!(matches!(
             relay.on_push(refused, &topics),
