@@ -314,10 +314,11 @@ async fn chat_across_hosts_through_redis() {
     for host in [&a, &b] {
         wait_for(host, UP, "notice the outage", |up| up == 0.0).await;
     }
-    // A still delivers locally, at once; its message for B is dropped and counted.
+    // A still delivers locally, at once (well within the relay's 5 s timeouts); its
+    // message for B is dropped and counted.
     say(&mut alice, "during the outage").await;
     assert_eq!(
-        line_within(&mut carol, Duration::from_secs(1)).await,
+        line_within(&mut carol, Duration::from_secs(2)).await,
         Some(said("alice", "during the outage"))
     );
     wait_for(&a, DROPPED, "count the dropped message", |dropped| {
@@ -327,7 +328,7 @@ async fn chat_across_hosts_through_redis() {
     // B still serves: a newcomer there is announced to bob at once.
     let mut dave = connect(&join(&b, "dave")).await;
     assert_eq!(
-        line_within(&mut bob, Duration::from_secs(1)).await,
+        line_within(&mut bob, Duration::from_secs(2)).await,
         Some(said("room", "dave joined"))
     );
     assert!(a.is_running() && b.is_running());
