@@ -592,7 +592,8 @@ impl Caller<'_> {
     }
 
     /// Subscribes this connection to `topic`: what other connections of this host
-    /// publish there is sent to it by the host (no callback runs).
+    /// (and, with the host's Redis topics backend, of the other hosts) publish there
+    /// is sent to it by the host (no callback runs).
     pub fn subscribe(&self, topic: &str) -> Result<(), CallerError> {
         Ok(self.inner.subscribe(topic)?)
     }
@@ -603,7 +604,7 @@ impl Caller<'_> {
     }
 
     /// Sends a text message to every other connection subscribed to `topic`; returns
-    /// how many it was queued for.
+    /// how many connections of this host it was queued for.
     pub fn publish_text(&self, topic: &str, text: &str) -> Result<u32, CallerError> {
         Ok(self
             .inner

@@ -33,6 +33,82 @@ pub struct Config {
     /// How the host logs.
     #[serde(default)]
     pub log: LogConfig,
+    /// Where the topics guests subscribe and publish to live: in this process (the
+    /// default) or in Redis, shared by several hosts.
+    #[serde(default)]
+    pub topics: TopicsConfig,
+}
+
+/// `[topics]`: the backend behind `subscribe`, `unsubscribe` and `publish`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct TopicsConfig {
+    /// `"memory"` (the default: connections of this host only) or `"redis"` (every
+    /// host sharing the Redis server at `url`).
+    #[serde(default)]
+    pub backend: TopicsBackend,
+    /// The Redis server, `redis://[[user]:password@]host[:port][/db]` (port 6379 by
+    /// default; the database number is accepted and does not matter, as Redis
+    /// channels are shared by all databases). Required with `backend = "redis"`.
+    /// TLS (`rediss://`) is not supported.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Put before a topic's name to make its Redis channel, so that several
+    /// deployments can share one Redis. Default `"wasmsocket:"`.
+    #[serde(default)]
+    pub channel_prefix: Option<String>,
+}
+
+/// Where topics live.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum TopicsBackend {
+    /// In this process: a message reaches the subscribers connected to this host.
+    #[default]
+    Memory,
+    /// Redis pub/sub: a message reaches the subscribers of every host that uses the
+    /// same Redis server (and channel prefix).
+    Redis,
+}
+
+/// The channel prefix when `topics.channel_prefix` is not set.
+pub(crate) const DEFAULT_CHANNEL_PREFIX: &str = "wasmsocket:";
+
+impl TopicsConfig {
+    /// The Redis channel prefix in force.
+    pub fn channel_prefix(&self) -> &str {
+        self.channel_prefix
+            .as_deref()
+            .unwrap_or(DEFAULT_CHANNEL_PREFIX)
+    }
+
+    /// Checks the section; messages name the field (`topics.url`).
+    pub(crate) fn validate(&self) -> std::result::Result<(), String> {
+        match self.backend {
+            TopicsBackend::Memory => {
+                for (name, set) in [
+                    ("url", self.url.is_some()),
+                    ("channel_prefix", self.channel_prefix.is_some()),
+                ] {
+                    if set {
+                        return Err(format!("topics.{name}: only with backend = \"redis\""));
+                    }
+                }
+            }
+            TopicsBackend::Redis => {
+                let Some(url) = &self.url else {
+                    return Err("topics.url: required with backend = \"redis\"".into());
+                };
+                crate::topics::RedisUrl::parse(url, "topics.url")?;
+                if self.channel_prefix().len() > 256 {
+                    return Err("topics.channel_prefix: at most 256 bytes".into());
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The admin endpoint's address. Keep it private (loopback or an internal network):
@@ -855,6 +931,7 @@ impl Config {
             }
             service.validate(&format!("service[{index}]"))?;
         }
+        self.topics.validate()?;
         Ok(())
     }
 }
@@ -1109,6 +1186,56 @@ mod tests {
         for (text, field) in cases {
             let message = Config::parse(&text).unwrap_err().to_string();
             assert!(message.contains(field), "{field} not in {message}");
+        }
+    }
+
+    #[test]
+    fn topics_default_to_memory_and_redis_is_validated() {
+        let config = Config::parse(MINIMAL).unwrap();
+        assert_eq!(config.topics.backend, TopicsBackend::Memory);
+        let redis = format!(
+            "{MINIMAL}\n[topics]\nbackend = \"redis\"\nurl = \"redis://:pw@10.0.0.5:6380/0\""
+        );
+        let config = Config::parse(&redis).unwrap();
+        assert_eq!(config.topics.backend, TopicsBackend::Redis);
+        assert_eq!(config.topics.channel_prefix(), "wasmsocket:");
+        let prefixed = format!("{redis}\nchannel_prefix = \"staging:\"");
+        assert_eq!(
+            Config::parse(&prefixed).unwrap().topics.channel_prefix(),
+            "staging:"
+        );
+        for (topics, field, why) in [
+            ("backend = \"redis\"", "topics.url", "required"),
+            (
+                "backend = \"redis\"\nurl = \"http://x\"",
+                "topics.url",
+                "redis://",
+            ),
+            (
+                "backend = \"redis\"\nurl = \"redis://x:70000\"",
+                "topics.url",
+                "port",
+            ),
+            (
+                "backend = \"redis\"\nurl = \"rediss://x\"",
+                "topics.url",
+                "TLS",
+            ),
+            ("url = \"redis://x\"", "topics.url", "only with"),
+            (
+                "channel_prefix = \"a:\"",
+                "topics.channel_prefix",
+                "only with",
+            ),
+            ("backend = \"kafka\"", "backend", "memory"),
+            ("backend = \"redis\"\nuri = \"redis://x\"", "uri", "unknown"),
+        ] {
+            let text = format!("{MINIMAL}\n[topics]\n{topics}");
+            let message = Config::parse(&text).unwrap_err().to_string();
+            assert!(
+                message.contains(field) && message.contains(why),
+                "{topics}: {message}"
+            );
         }
     }
 

@@ -31,7 +31,8 @@ pub use config::{
     AdminConfig, AuthEntry, CertKey, Config, DirGrant, Grants, Http1Settings, InstanceMode,
     JwksConfig, JwtSignature, JwtValidatorConfig, KeepAlive, LdapUserStoreConfig, ListenerConfig,
     ListenerSecureSocket, LogConfig, LogFormat, MutualSsl, OAuth2IntrospectionConfig,
-    RequestLimits, SandboxLimits, ServiceConfig, StaticFiles, TlsProtocol, VerifyClient,
+    RequestLimits, SandboxLimits, ServiceConfig, StaticFiles, TlsProtocol, TopicsBackend,
+    TopicsConfig, VerifyClient,
 };
 pub use error::{Error, Result};
 pub use server::{Server, ServerHandle};

@@ -129,10 +129,53 @@ impl ServiceMetrics {
     }
 }
 
-/// Every service's metrics, by path.
+/// The Redis relay's numbers (host-wide; rendered only with the Redis backend).
+#[derive(Default)]
+pub(crate) struct RelayMetrics {
+    up: AtomicI64,
+    published: AtomicU64,
+    received: AtomicU64,
+    dropped: AtomicU64,
+}
+
+impl RelayMetrics {
+    /// Whether both Redis connections are up.
+    pub(crate) fn set_up(&self, up: bool) {
+        self.up.store(up.into(), Ordering::Relaxed);
+    }
+
+    /// Messages Redis accepted from this host.
+    pub(crate) fn published(&self, count: u64) {
+        self.published.fetch_add(count, Ordering::Relaxed);
+    }
+
+    /// A message from another host, through Redis.
+    pub(crate) fn received(&self) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Messages for the other hosts that were dropped (or may have been lost).
+    pub(crate) fn dropped(&self, count: u64) {
+        self.dropped.fetch_add(count, Ordering::Relaxed);
+    }
+
+    pub(crate) fn dropped_count(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn received_count(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+}
+
+/// Every service's metrics, by path, and the host's topic relay's.
 #[derive(Default)]
 pub(crate) struct Metrics {
     services: RwLock<BTreeMap<String, Arc<ServiceMetrics>>>,
+    /// Always counted; rendered when `relay_enabled`.
+    pub(crate) relay: Arc<RelayMetrics>,
+    relay_enabled: std::sync::atomic::AtomicBool,
 }
 
 impl Metrics {
@@ -153,6 +196,11 @@ impl Metrics {
             .entry(path.to_owned())
             .or_default()
             .clone()
+    }
+
+    /// Renders the Redis relay's metrics too.
+    pub(crate) fn enable_relay(&self) {
+        self.relay_enabled.store(true, Ordering::Relaxed);
     }
 
     /// The Prometheus text exposition of everything.
@@ -302,7 +350,45 @@ impl Metrics {
                  {name}_count{{service=\"{s}\"}} {cumulative}"
             );
         }
+
+        if self.relay_enabled.load(Ordering::Relaxed) {
+            self.render_relay(o);
+        }
         out
+    }
+
+    fn render_relay(&self, o: &mut String) {
+        let relay = &*self.relay;
+        let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
+        let name = "wasmsocket_topics_redis_up";
+        header(
+            o,
+            name,
+            "gauge",
+            "1 while both Redis connections of the topics (publish, subscribe) are up.",
+        );
+        let _ = writeln!(o, "{name} {}", relay.up.load(Ordering::Relaxed));
+        let name = "wasmsocket_topics_redis_messages_total";
+        header(
+            o,
+            name,
+            "counter",
+            "Topic messages published to Redis (out) and received from other hosts (in).",
+        );
+        let _ = writeln!(
+            o,
+            "{name}{{direction=\"out\"}} {}\n{name}{{direction=\"in\"}} {}",
+            load(&relay.published),
+            load(&relay.received)
+        );
+        let name = "wasmsocket_topics_redis_dropped_total";
+        header(
+            o,
+            name,
+            "counter",
+            "Topic messages for other hosts dropped: Redis unreachable or not keeping up.",
+        );
+        let _ = writeln!(o, "{name} {}", load(&relay.dropped));
     }
 }
 
@@ -345,6 +431,25 @@ mod tests {
             "wasmsocket_callback_duration_seconds_bucket{service=\"/echo\",le=\"1\"} 1",
             "wasmsocket_callback_duration_seconds_bucket{service=\"/echo\",le=\"+Inf\"} 2",
             "wasmsocket_callback_duration_seconds_count{service=\"/echo\"} 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
+        }
+    }
+
+    #[test]
+    fn relay_metrics_only_with_redis() {
+        let metrics = Metrics::default();
+        metrics.relay.dropped(3);
+        assert!(!metrics.render().contains("wasmsocket_topics_redis"));
+        metrics.enable_relay();
+        metrics.relay.set_up(true);
+        metrics.relay.published(2);
+        let text = metrics.render();
+        for line in [
+            "wasmsocket_topics_redis_up 1",
+            "wasmsocket_topics_redis_messages_total{direction=\"out\"} 2",
+            "wasmsocket_topics_redis_messages_total{direction=\"in\"} 0",
+            "wasmsocket_topics_redis_dropped_total 3",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
         }

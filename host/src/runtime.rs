@@ -63,7 +63,8 @@ pub(crate) struct Runtime {
 }
 
 impl Runtime {
-    pub(crate) fn new() -> Result<Self> {
+    /// The engine and linker; guests' topics are `topics`.
+    pub(crate) fn new(topics: Arc<Topics>) -> Result<Self> {
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
         // Every isolated connection maps a linear memory and a fiber stack, and Linux
@@ -104,7 +105,7 @@ impl Runtime {
         Ok(Self {
             engine,
             linker,
-            topics: Arc::new(Topics::default()),
+            topics,
             ticker_stop,
         })
     }

@@ -15,6 +15,7 @@ use crate::auth::Auth;
 use crate::config::{Config, ListenerConfig, ServiceConfig, StaticFiles};
 use crate::metrics::{Metrics, ServiceMetrics};
 use crate::runtime::{Runtime, ServiceComponent};
+use crate::topics::Topics;
 use crate::{Error, Result, connection};
 
 /// A bound WebSocket host, ready to serve.
@@ -43,6 +44,8 @@ pub(crate) struct Shared {
     pub(crate) shutdown: Arc<Shutdown>,
     next_id: AtomicU64,
     runtime: Runtime,
+    /// The guests' topics (the runtime hands them to the instances).
+    topics: Arc<Topics>,
     pub(crate) metrics: Arc<Metrics>,
 }
 
@@ -213,8 +216,18 @@ impl Shared {
 impl Server {
     /// Loads every component (compiling it once) and binds the listening socket.
     pub async fn bind(config: Config) -> Result<Self> {
-        let runtime = Runtime::new()?;
         let metrics = Arc::new(Metrics::default());
+        let topics = Topics::new(&config.topics, metrics.relay.clone()).map_err(|message| {
+            Error::ConfigInvalid {
+                path: Default::default(),
+                message,
+            }
+        })?;
+        if topics.has_relay() {
+            metrics.enable_relay();
+        }
+        let topics = Arc::new(topics);
+        let runtime = Runtime::new(topics.clone())?;
         let mut services = HashMap::with_capacity(config.services.len());
         for (index, service) in config.services.into_iter().enumerate() {
             let field = format!("service[{index}]");
@@ -258,6 +271,7 @@ impl Server {
                 shutdown: Arc::new(Shutdown::new(grace)),
                 next_id: AtomicU64::new(1),
                 runtime,
+                topics,
                 metrics,
             }),
         })
@@ -300,6 +314,13 @@ impl Server {
             let metrics = self.shared.metrics.clone();
             AbortOnDrop(tokio::spawn(crate::admin::serve(admin, metrics)))
         });
+        // With Redis: the connections that relay topic messages between hosts. They
+        // outlive the connections' close handshakes, so goodbyes still get out.
+        let relay = self
+            .shared
+            .topics
+            .has_relay()
+            .then(|| AbortOnDrop(tokio::spawn(self.shared.topics.clone().run_relay())));
         let watcher = self.shared.listener.watch_components.then(|| {
             let handle = self.handle();
             AbortOnDrop(tokio::spawn(async move {
@@ -378,6 +399,7 @@ impl Server {
                 "grace period over; dropping the connections still open"
             );
         }
+        drop(relay);
         info!("stopped");
         Ok(())
     }

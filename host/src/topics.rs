@@ -1,14 +1,25 @@
-//! In-process publish/subscribe between the connections of one host: what a chat room
-//! needs. A guest subscribes its connection to a topic; what another connection
-//! publishes there is written to the subscribers' sockets by the host, without
-//! waking their guests.
+//! Publish/subscribe between connections: what a chat room needs. A guest subscribes
+//! its connection to a topic; what another connection publishes there is written to
+//! the subscribers' sockets by the host, without waking their guests.
+//!
+//! The subscribers of this host are always reached in-process. With the Redis backend
+//! (`[topics] backend = "redis"`) every message also goes to Redis, and what other
+//! hosts publish comes back from it ([`relay`]).
+
+mod redis;
+mod relay;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tracing::warn;
+
+pub(crate) use self::redis::RedisUrl;
+use self::relay::Relay;
+use crate::config::{TopicsBackend, TopicsConfig};
+use crate::metrics::RelayMetrics;
 
 /// Messages a connection may have waiting from its topics before it misses some.
 pub(crate) const INBOX_CAPACITY: usize = 256;
@@ -34,19 +45,55 @@ pub(crate) fn inbox() -> (InboxSender, Inbox) {
     mpsc::channel(INBOX_CAPACITY)
 }
 
-/// Topic → subscribed connection → its inbox.
+/// Topic → subscribed connection → its inbox; and the Redis relay, if configured.
 #[derive(Default)]
 pub(crate) struct Topics {
     subscribers: Mutex<HashMap<String, HashMap<u64, InboxSender>>>,
+    relay: Option<Relay>,
 }
 
 impl Topics {
+    /// The topics `config` asks for. With Redis, nothing connects until
+    /// [`Topics::run_relay`] runs.
+    pub(crate) fn new(config: &TopicsConfig, metrics: Arc<RelayMetrics>) -> Result<Self, String> {
+        let relay = match config.backend {
+            TopicsBackend::Memory => None,
+            TopicsBackend::Redis => {
+                let url = config
+                    .url
+                    .as_deref()
+                    .ok_or("topics.url: required with backend = \"redis\"")?;
+                let url = RedisUrl::parse(url, "topics.url")?;
+                Some(Relay::new(url, config.channel_prefix().to_owned(), metrics))
+            }
+        };
+        Ok(Self {
+            subscribers: Mutex::default(),
+            relay,
+        })
+    }
+
+    /// Whether messages also go through Redis.
+    pub(crate) fn has_relay(&self) -> bool {
+        self.relay.is_some()
+    }
+
+    /// Keeps the Redis connections (reconnecting as needed) until dropped; returns at
+    /// once without Redis.
+    pub(crate) async fn run_relay(self: Arc<Self>) {
+        if let Some(relay) = &self.relay {
+            relay.run(&self).await;
+        }
+    }
+
     pub(crate) fn subscribe(&self, topic: &str, connection: u64, inbox: InboxSender) {
         let mut subscribers = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
-        subscribers
-            .entry(topic.to_owned())
-            .or_default()
-            .insert(connection, inbox);
+        let topic_subscribers = subscribers.entry(topic.to_owned()).or_default();
+        let first = topic_subscribers.is_empty();
+        topic_subscribers.insert(connection, inbox);
+        if first && let Some(relay) = &self.relay {
+            relay.changed(topic);
+        }
     }
 
     pub(crate) fn unsubscribe(&self, topic: &str, connection: u64) {
@@ -55,19 +102,34 @@ impl Topics {
             topic_subscribers.remove(&connection);
             if topic_subscribers.is_empty() {
                 subscribers.remove(topic);
+                if let Some(relay) = &self.relay {
+                    relay.changed(topic);
+                }
             }
         }
     }
 
-    /// Queues `message` for every subscriber of `topic` but `from`; returns how many.
+    /// Queues `message` for every subscriber of `topic` on this host but `from`, and
+    /// sends it to the other hosts when there is a relay; returns how many
+    /// subscribers of this host it was queued for.
     pub(crate) fn publish(&self, topic: &str, from: u64, message: &Published) -> u32 {
+        let queued = self.deliver(topic, Some(from), message);
+        if let Some(relay) = &self.relay {
+            relay.publish(topic, message);
+        }
+        queued
+    }
+
+    /// Queues `message` for every subscriber of `topic` on this host but `from`;
+    /// returns how many.
+    fn deliver(&self, topic: &str, from: Option<u64>, message: &Published) -> u32 {
         let mut subscribers = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
         let Some(topic_subscribers) = subscribers.get_mut(topic) else {
             return 0;
         };
         let mut queued = 0;
         topic_subscribers.retain(|connection, inbox| {
-            if *connection == from {
+            if Some(*connection) == from {
                 return true;
             }
             match inbox.try_send(message.clone()) {
@@ -88,8 +150,29 @@ impl Topics {
         });
         if topic_subscribers.is_empty() {
             subscribers.remove(topic);
+            if let Some(relay) = &self.relay {
+                relay.changed(topic);
+            }
         }
         queued
+    }
+
+    /// Whether `topic` has a subscriber on this host.
+    fn has_subscribers(&self, topic: &str) -> bool {
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(topic)
+    }
+
+    /// Every topic with a subscriber on this host.
+    fn subscribed_topics(&self) -> Vec<String> {
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect()
     }
 
     /// How many topics have subscribers (for tests and metrics).
