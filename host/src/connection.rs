@@ -303,6 +303,9 @@ where
         let _ = write!(head, "{}: {}\r\n", header.name, header.value);
     }
     head.push_str("\r\n");
+    // Counted as open from before the client can see the 101 until the connection
+    // ends (or fails to start).
+    let counted = Counted::new(metrics.clone());
     if let Err(error) = io.write_all(head.as_bytes()).await {
         debug!(%error, "peer left during the handshake");
         return None;
@@ -341,9 +344,9 @@ where
         instance.end(session).await;
         return None;
     }
-    metrics.accepted();
     Some(Connection {
         metrics: metrics.clone(),
+        _counted: counted,
         ws,
         instance,
         session,
@@ -516,6 +519,24 @@ struct Connection<S> {
     /// When the session's next timer is due.
     next_due: Option<tokio::time::Instant>,
     metrics: Arc<ServiceMetrics>,
+    /// Keeps the connection in `wasmsocket_connections_open`.
+    _counted: Counted,
+}
+
+/// An accepted connection in the service's metrics, until dropped.
+struct Counted(Arc<ServiceMetrics>);
+
+impl Counted {
+    fn new(metrics: Arc<ServiceMetrics>) -> Self {
+        metrics.accepted();
+        Self(metrics)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.ended();
+    }
 }
 
 impl<S> Connection<S>
@@ -528,11 +549,11 @@ where
         let Connection {
             mut instance,
             session,
-            metrics,
+            _counted: counted,
             ..
         } = self;
         instance.end(session).await;
-        metrics.ended();
+        drop(counted);
         debug!("connection closed");
     }
 
