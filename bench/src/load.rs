@@ -52,6 +52,8 @@ pub(crate) struct Cpu {
     pub(crate) server: f64,
     /// The load generator's, likewise.
     pub(crate) client: f64,
+    /// Every other process's (the machine is shared), likewise.
+    pub(crate) other: f64,
 }
 
 /// Throughput and latency of a measured window.
@@ -68,7 +70,7 @@ pub(crate) struct Rate {
 }
 
 /// Idle-connection memory.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Idle {
     /// Connections held open at the end.
     pub(crate) conns: usize,
@@ -79,7 +81,7 @@ pub(crate) struct Idle {
     /// Seconds it took to open them.
     pub(crate) open_seconds: f64,
     /// Why fewer connections than asked for were opened, if they were.
-    pub(crate) stopped: Option<&'static str>,
+    pub(crate) stopped: Option<String>,
 }
 
 impl Idle {
@@ -105,18 +107,26 @@ async fn measure_window(phase: &AtomicU8, timing: Timing, server_pid: u32) -> (D
     let own = std::process::id();
     let server_cpu = system::cpu_seconds(server_pid).unwrap_or(0.0);
     let client_cpu = system::cpu_seconds(own).unwrap_or(0.0);
+    let machine_cpu = system::machine_busy_seconds().unwrap_or(0.0);
     let start = Instant::now();
     phase.store(MEASURE, Ordering::Relaxed);
     tokio::time::sleep(timing.duration).await;
     phase.store(STOP, Ordering::Relaxed);
     let wall = start.elapsed();
     let percent = |before: f64, after: f64| 100.0 * (after - before) / wall.as_secs_f64();
+    let server = percent(
+        server_cpu,
+        system::cpu_seconds(server_pid).unwrap_or(server_cpu),
+    );
+    let client = percent(client_cpu, system::cpu_seconds(own).unwrap_or(client_cpu));
+    let machine = percent(
+        machine_cpu,
+        system::machine_busy_seconds().unwrap_or(machine_cpu),
+    );
     let cpu = Cpu {
-        server: percent(
-            server_cpu,
-            system::cpu_seconds(server_pid).unwrap_or(server_cpu),
-        ),
-        client: percent(client_cpu, system::cpu_seconds(own).unwrap_or(client_cpu)),
+        server,
+        client,
+        other: (machine - server - client).max(0.0),
     };
     (wall, cpu)
 }
@@ -359,14 +369,16 @@ pub(crate) async fn setup(
 /// Idle connections: opens `conns` connections (each upgraded and echoing one 20-byte
 /// message, so the server has set it up completely), then compares the server's RSS
 /// with what it was before. `sources` spreads the client ends over several loopback
-/// addresses (about 28,000 ephemeral ports each). Stops early, and says so, when the
-/// machine runs low on memory.
+/// addresses (about 28,000 ephemeral ports each). With `allow_fewer`, a connection
+/// that cannot be opened (or the machine running low on memory) ends the opening and
+/// the result says why; without, it fails the load.
 pub(crate) async fn idle(
     addr: SocketAddr,
     path: &str,
     conns: usize,
     sources: &[Ipv4Addr],
     server_pid: u32,
+    allow_fewer: bool,
 ) -> anyhow::Result<(Idle, Vec<TcpStream>)> {
     /// Connections being opened at once.
     const CONCURRENCY: usize = 128;
@@ -414,17 +426,32 @@ pub(crate) async fn idle(
     let mut stopped = None;
     for index in 0..conns {
         if opening.len() >= CONCURRENCY {
-            let stream = opening.join_next().await.context("opening")???;
-            streams.push(stream);
+            match opening.join_next().await.context("opening")?? {
+                Ok(stream) => streams.push(stream),
+                Err(error) => {
+                    stopped = Some(format!("{error:#}"));
+                    break;
+                }
+            }
         }
         if index % 1000 == 0 && system::mem_available_kib()? < MEMORY_RESERVE_KIB {
-            stopped = Some("stopped early: the machine ran low on memory");
+            stopped = Some("the machine ran low on memory".to_owned());
             break;
         }
         opening.spawn(open_one(index));
     }
-    while let Some(stream) = opening.join_next().await {
-        streams.push(stream??);
+    while let Some(opened) = opening.join_next().await {
+        match opened? {
+            Ok(stream) => streams.push(stream),
+            Err(error) => {
+                stopped.get_or_insert_with(|| format!("{error:#}"));
+            }
+        }
+    }
+    if let Some(why) = &stopped
+        && !allow_fewer
+    {
+        bail!("{why} (after {} connections)", streams.len());
     }
     let open_seconds = start.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_millis(1000)).await;

@@ -117,8 +117,9 @@ pub(crate) struct Report {
     pub(crate) targets: Vec<Target>,
     /// `results[load][target][round]`.
     pub(crate) results: Vec<Vec<Vec<Outcome>>>,
-    /// The scale run, when asked for.
-    pub(crate) scale: Option<(usize, Vec<ScaleResult>)>,
+    /// The scale run, when asked for: connections asked for, connections the
+    /// open-file limit allowed, results.
+    pub(crate) scale: Option<(usize, usize, Vec<ScaleResult>)>,
 }
 
 /// The median of a cell's rounds.
@@ -129,6 +130,9 @@ struct Cell {
     p99_us: f64,
     server_cpu: f64,
     client_cpu: f64,
+    other_cpu: f64,
+    /// An idle round opened fewer connections than asked for (see the notes).
+    short: bool,
 }
 
 enum Summary {
@@ -171,6 +175,10 @@ fn summarize(rounds: &[Outcome]) -> Summary {
         p99_us: of(|rate| rate.p99_us),
         server_cpu: of(|rate| rate.cpu.server),
         client_cpu: of(|rate| rate.cpu.client),
+        other_cpu: of(|rate| rate.cpu.other),
+        short: rounds
+            .iter()
+            .any(|outcome| matches!(outcome, Outcome::Idle(idle) if idle.stopped.is_some())),
     })
 }
 
@@ -261,9 +269,10 @@ impl Report {
             for summary in row {
                 let cell = match (summary, best) {
                     (Summary::Value(cell), Some(best)) => format!(
-                        "**{:.2}×** ({})",
+                        "**{:.2}×** ({}){}",
                         cell.headline / best,
-                        headline_text(load, cell.headline)
+                        headline_text(load, cell.headline),
+                        if cell.short { " †" } else { "" }
                     ),
                     (Summary::Value(cell), None) => headline_text(load, cell.headline),
                     (Summary::NotApplicable, _) => "n/a".to_owned(),
@@ -296,7 +305,7 @@ impl Report {
             match load.kind {
                 LoadKind::Idle { .. } => {
                     line(&load.title, load.unit(), &|_, cell| {
-                        format!("{:.1}", cell.headline)
+                        format!("{:.1}{}", cell.headline, if cell.short { " †" } else { "" })
                     });
                     line("", "server RSS before → after (MiB)", &|target, _| {
                         self.rss_text(index, target)
@@ -314,8 +323,11 @@ impl Report {
                     line("", latency, &|_, cell| {
                         format!("{} / {}", micros(cell.p50_us), micros(cell.p99_us))
                     });
-                    line("", "CPU server / generator", &|_, cell| {
-                        format!("{:.0}% / {:.0}%", cell.server_cpu, cell.client_cpu)
+                    line("", "CPU server / generator / others", &|_, cell| {
+                        format!(
+                            "{:.0}% / {:.0}% / {:.0}%",
+                            cell.server_cpu, cell.client_cpu, cell.other_cpu
+                        )
                     });
                 }
             }
@@ -364,6 +376,35 @@ impl Report {
         out
     }
 
+    /// Idle loads that opened fewer connections than asked for, with the reason.
+    pub(crate) fn stops(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (load, row) in self.loads.iter().zip(&self.results) {
+            let LoadKind::Idle { conns } = load.kind else {
+                continue;
+            };
+            for (target, rounds) in self.targets.iter().zip(row) {
+                for (round, outcome) in rounds.iter().enumerate() {
+                    if let Outcome::Idle(Idle {
+                        conns: opened,
+                        stopped: Some(why),
+                        ..
+                    }) = outcome
+                    {
+                        out.push(format!(
+                            "† {} on {}, round {}: opened {opened} of {conns} connections \
+                             (per-connection memory is over those): {why}",
+                            load.short,
+                            target.name(),
+                            round + 1
+                        ));
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// The failures, with their reasons.
     pub(crate) fn failures(&self) -> Vec<String> {
         let mut out = Vec::new();
@@ -386,10 +427,19 @@ impl Report {
 
     /// The scale table, if the scale load ran.
     pub(crate) fn scale_table(&self) -> Option<String> {
-        let (asked, results) = self.scale.as_ref()?;
-        let mut out = format!(
-            "{asked} connections asked for, opened with 128 in flight from 127.0.0.1–8.\n\n\
-             | target | open | opened in | KiB/conn | server RSS |\n|---|---|---|---|---|\n"
+        let (asked, allowed, results) = self.scale.as_ref()?;
+        let mut out = if allowed < asked {
+            format!(
+                "{asked} connections asked for; the open-file limit (RLIMIT_NOFILE, whose \
+                 hard limit this process may not raise here) allows {allowed} per process."
+            )
+        } else {
+            format!("{asked} connections asked for.")
+        };
+        out.push_str(
+            " Opened with 128 in flight from 127.0.0.1–8; each upgraded and echoed one \
+             20-byte message.\n\n\
+             | target | open | opened in | KiB/conn | server RSS |\n|---|---|---|---|---|\n",
         );
         for result in results {
             let _ = match &result.outcome {
@@ -399,7 +449,8 @@ impl Report {
                     result.target.name(),
                     idle.conns,
                     idle.stopped
-                        .map_or(String::new(), |why| format!(" ({why})")),
+                        .as_ref()
+                        .map_or(String::new(), |why| format!(" (stopped: {why})")),
                     idle.open_seconds,
                     si(idle.conns as f64 / idle.open_seconds.max(1e-9)),
                     idle.kib_per_conn(),
@@ -427,7 +478,7 @@ impl Report {
              - **Method:** every target is a separate process on 127.0.0.1, started \
              afresh for each load and round; servers run a tokio multi-thread runtime \
              with {workers} workers, the load generator one with {client_workers}, all \
-             sharing the machine's {cores} cores. Rates are measured for {duration} s \
+             sharing the machine's {cores} cores{nice}. Rates are measured for {duration} s \
              after a {warmup} s warm-up; each number is the median of {rounds} round(s). \
              The first echo on every connection is checked byte for byte.\n\n",
             date = self.date,
@@ -437,6 +488,14 @@ impl Report {
             memory = machine.memory_gib,
             kernel = machine.kernel,
             load = machine.load_average,
+            nice = if machine.nice == 0 {
+                String::new()
+            } else {
+                format!(
+                    " (at niceness {}, so as not to crowd out other users)",
+                    machine.nice
+                )
+            },
             workers = self.workers,
             client_workers = self.client_workers,
             duration = self.timing.duration.as_secs_f64(),
@@ -458,12 +517,22 @@ impl Report {
             "## Absolute numbers\n\n\
              Medians of the rounds. Round trip: from writing a message to reading its \
              echo (pipelined: the message's own echo). CPU: process CPU time over the \
-             measured window (100% = one core).\n\n{}\n",
+             measured window (100% = one core); \"others\" is the rest of the machine (other \
+             users of the shared cores), which the bench keeps low by measuring again \
+             when it is not.\n\n{}\n",
             self.absolute_table()
         );
         let _ = write!(out, "## Every round\n\n{}\n", self.rounds_table());
         if let Some(scale) = self.scale_table() {
             let _ = write!(out, "## Scale\n\n{scale}\n");
+        }
+        let stops = self.stops();
+        if !stops.is_empty() {
+            out.push_str("## Notes\n\n");
+            for stop in stops {
+                let _ = writeln!(out, "- {stop}");
+            }
+            out.push('\n');
         }
         let failures = self.failures();
         if !failures.is_empty() {
@@ -483,6 +552,7 @@ impl Report {
         let summaries = self.summaries();
         let best = self.best_native(&summaries);
         let mut bars = Vec::new();
+        let mut missing = Vec::new();
         for (index, ((load, row), best)) in self.loads.iter().zip(&summaries).zip(&best).enumerate()
         {
             for (target, summary) in row.iter().enumerate() {
@@ -493,14 +563,18 @@ impl Report {
                         best / cell.headline
                     };
                     bars.push((index, target, relative));
+                } else {
+                    missing.push((index, target));
                 }
             }
         }
-        let top = bars
+        // Room above the bars for the legend.
+        let top = (bars
             .iter()
             .map(|&(_, _, value)| value)
             .fold(1.0f64, f64::max)
-            * 1.15;
+            * 1.15)
+            .max(1.5);
         let loads = self.loads.len().max(1);
         let targets = self.targets.len().max(1);
         let mut svg = String::new();
@@ -519,6 +593,7 @@ impl Report {
             chart
                 .configure_mesh()
                 .disable_x_mesh()
+                .y_max_light_lines(1)
                 .disable_x_axis()
                 .y_desc("× best native")
                 .draw()?;
@@ -552,6 +627,11 @@ impl Report {
                         ("sans-serif", 11),
                     ))?;
                 }
+            }
+            for &(load, column) in &missing {
+                let x = load as f64 + 0.1 + (column as f64 + 0.45) * width;
+                let (px, py) = chart.backend_coord(&(x, 0.0));
+                root.draw(&Text::new("n/a", (px - 8, py - 16), ("sans-serif", 11)))?;
             }
             chart.draw_series(std::iter::once(PathElement::new(
                 vec![(0.0, 1.0), (loads as f64, 1.0)],

@@ -38,6 +38,23 @@ pub(crate) fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     Ok(ticks as f64 / clock_ticks() as f64)
 }
 
+/// CPU time the whole machine spent outside idle (user, nice, system, steal; interrupt
+/// time is left out, since loopback traffic is processed there), seconds.
+pub(crate) fn machine_busy_seconds() -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .and_then(|line| line.strip_prefix("cpu "))
+        .context("no cpu line in /proc/stat")?
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    // user nice system idle iowait irq softirq steal ...
+    let busy = fields[0] + fields[1] + fields[2] + fields.get(7).copied().unwrap_or(0);
+    Ok(busy as f64 / clock_ticks() as f64)
+}
+
 fn clock_ticks() -> u64 {
     static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     *TICKS.get_or_init(|| {
@@ -64,6 +81,8 @@ pub(crate) struct Machine {
     pub(crate) memory_gib: f64,
     /// The 1-minute load average when the run started.
     pub(crate) load_average: String,
+    /// The bench's scheduling niceness (its servers inherit it).
+    pub(crate) nice: i64,
 }
 
 impl Machine {
@@ -84,7 +103,20 @@ impl Machine {
             .ok()
             .and_then(|text| text.split_whitespace().next().map(str::to_owned))
             .unwrap_or_default();
+        let nice = std::fs::read_to_string("/proc/self/stat")
+            .ok()
+            .and_then(|stat| {
+                let fields: Vec<String> = stat
+                    .rsplit_once(')')?
+                    .1
+                    .split_whitespace()
+                    .map(str::to_owned)
+                    .collect();
+                fields.get(16)?.parse().ok()
+            })
+            .unwrap_or(0);
         Self {
+            nice,
             cpu,
             cores: cores(),
             kernel,
@@ -169,5 +201,6 @@ mod tests {
         assert!(vm_rss_kib(pid).unwrap() > 0);
         assert!(cpu_seconds(pid).unwrap() >= 0.0);
         assert!(mem_available_kib().unwrap() > 0);
+        assert!(machine_busy_seconds().unwrap() > 0.0);
     }
 }

@@ -150,7 +150,10 @@ impl Launcher {
                     .arg(&config)
                     // The host's runtime is tokio's default builder, which reads this.
                     .env("TOKIO_WORKER_THREADS", self.workers.to_string())
-                    .env("RUST_LOG", "error");
+                    .env(
+                        "RUST_LOG",
+                        std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned()),
+                    );
                 (command, "/echo")
             }
             Target::Native(engine) => {
