@@ -267,7 +267,7 @@ async fn bench(args: RunArgs, client_workers: usize) -> anyhow::Result<()> {
         );
     }
     // Every connection is a descriptor in this process and one in the server's.
-    let scale_conns = if args.scale_conns + 256 > limit as usize {
+    let scale_conns = if scale && args.scale_conns + 256 > limit as usize {
         let capped = (limit as usize).saturating_sub(256);
         eprintln!(
             "warning: the scale load asks for {} connections, but the open-file limit is \
