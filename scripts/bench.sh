@@ -24,5 +24,8 @@ done
 
 export WASMSOCKET_HOST_BIN="$CARGO_TARGET_DIR/release/wasmsocket"
 export WASMSOCKET_ECHO_COMPONENT="$CARGO_TARGET_DIR/wasm32-wasip2/release/echo.wasm"
+revision=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+git diff --quiet HEAD 2>/dev/null || revision="$revision with uncommitted changes"
+export WASMSOCKET_BENCH_REVISION="$revision"
 export WASMSOCKET_BENCH_COMMAND="scripts/bench.sh${args[*]:+ ${args[*]}}"
 exec "$CARGO_TARGET_DIR/release/wasmsocket-bench" "${out[@]}" "${args[@]}"

@@ -117,6 +117,10 @@ struct RunArgs {
     /// Write the Markdown report here, and its SVG chart beside it (`.svg`).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// The revision the host, the component and the bench were built from, to record
+    /// in the report (scripts/bench.sh sets it).
+    #[arg(long, env = "WASMSOCKET_BENCH_REVISION", hide = true)]
+    revision: Option<String>,
     /// The command line to record in the report (scripts/bench.sh sets it).
     #[arg(long, env = "WASMSOCKET_BENCH_COMMAND", hide = true)]
     command_line: Option<String>,
@@ -375,6 +379,7 @@ async fn bench(args: RunArgs, client_workers: usize) -> anyhow::Result<()> {
     });
     let report = Report {
         date,
+        revision: args.revision.clone(),
         machine,
         command,
         rounds,
@@ -511,6 +516,8 @@ fn explain_stop(idle: &mut load::Idle, server: &targets::Server) {
     if let Some(why) = &mut idle.stopped {
         let log = server.log_tail();
         if let Some(last) = log.lines().last() {
+            // Without the timestamp.
+            let last = last.split_once("Z ").map_or(last, |(_, rest)| rest);
             why.push_str("; server log: ");
             why.push_str(last.trim());
         }
