@@ -151,7 +151,34 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .worker_threads(client_workers)
         .enable_all()
         .build()?
-        .block_on(bench(args, client_workers))
+        .block_on(async {
+            // Dropping the bench's future on a signal drops the running server, whose
+            // process is killed on drop.
+            tokio::select! {
+                result = bench(args, client_workers) => result,
+                signal = interrupted() => {
+                    signal?;
+                    let _ = std::fs::remove_dir_all(work_dir());
+                    bail!("interrupted; the server that was running is stopped")
+                }
+            }
+        })
+}
+
+/// Where this run keeps server configurations and logs.
+fn work_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("wasmsocket-bench-{}", std::process::id()))
+}
+
+/// Waits for SIGINT or SIGTERM.
+async fn interrupted() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result?,
+        _ = terminate.recv() => {}
+    }
+    Ok(())
 }
 
 fn loads(args: &RunArgs) -> anyhow::Result<Vec<LoadDef>> {
@@ -286,7 +313,7 @@ async fn bench(args: RunArgs, client_workers: usize) -> anyhow::Result<()> {
         .map(|last| Ipv4Addr::new(127, 0, 0, last))
         .collect();
 
-    let work_dir = std::env::temp_dir().join(format!("wasmsocket-bench-{}", std::process::id()));
+    let work_dir = work_dir();
     std::fs::create_dir_all(&work_dir)?;
     let launcher = Launcher {
         host_bin: args.host_bin.clone(),
