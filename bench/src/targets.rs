@@ -51,13 +51,15 @@ pub(crate) enum Target {
     Native(Engine),
 }
 
-/// Every target, in table order. A host variant is one more entry here; for the shared
-/// mode, once the host accepts it:
-/// `Target::Host { label: "wasmsocket (shared)", mode: Some("shared") }`.
+/// Every target, in table order. A host variant is one more entry here.
 pub(crate) const TARGETS: &[Target] = &[
     Target::Host {
         label: "wasmsocket (isolated)",
         mode: None,
+    },
+    Target::Host {
+        label: "wasmsocket (shared)",
+        mode: Some("shared"),
     },
     Target::Native(Engine::Fastwebsockets),
     Target::Native(Engine::Yawc),
@@ -244,7 +246,8 @@ fn host_config(component: &Path, mode: Option<&str>) -> anyhow::Result<String> {
          {mode}\
          \n\
          [service.limits]\n\
-         max_connections = 1000000\n",
+         max_connections = 1000000\n\
+         max_memory = 1073741824\n",
         component = component.display().to_string(),
         max = crate::serve::MAX_MESSAGE,
     ))
