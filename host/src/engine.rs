@@ -37,6 +37,9 @@ pub(crate) enum Pong {
     Manual,
 }
 
+/// The socket read buffer's size (yawc's default is 8 KiB).
+const READ_BUFFER: usize = 64 * 1024;
+
 /// Wraps an upgraded stream in the engine, honouring the agreed `permessage-deflate`
 /// parameters (`extensions` is what the `101` response carried).
 pub(crate) fn server<S>(
@@ -53,6 +56,10 @@ where
     let mut options = yawc::Options::default()
         .with_utf8()
         .with_no_delay()
+        // A 16 KiB message arrives in one read instead of three. Only the pages a
+        // read touches become resident: an idle connection's RSS is the same as with
+        // 8 KiB (measured with the bench's idle load).
+        .with_read_buffer_capacity(READ_BUFFER)
         .with_limits(limits.max_frame_size + 1, limits.max_message_size + 1);
     if pong == Pong::Manual {
         options = options.with_manual_pong();
