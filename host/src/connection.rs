@@ -561,7 +561,9 @@ where
         if let Next::Stop = self.deliver(Event::Open).await {
             return;
         }
+        // Made once and polled on every turn: no waker registration per message.
         let mut poisoned = std::pin::pin!(self.instance.poisoned());
+        let mut stopping = std::pin::pin!(self.shutdown.stopping());
         loop {
             if self.unflushed {
                 self.unflushed = false;
@@ -620,7 +622,7 @@ where
                     }
                     continue;
                 }
-                () = self.shutdown.stopping() => {
+                () = &mut stopping => {
                     if self.shutdown.is_immediate() {
                         debug!("server stopping at once: dropping the connection");
                         return;

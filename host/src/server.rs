@@ -628,14 +628,18 @@ impl Shutdown {
 }
 
 impl ShutdownSignal {
-    /// Completes when the server starts stopping.
+    /// Completes when the server starts stopping. Owns what it waits on, so one
+    /// future can be polled for a connection's whole life.
     ///
     /// # Cancel safety
     /// Cancel safe: dropping the future loses nothing.
-    pub(crate) async fn stopping(&mut self) {
-        if self.stopping.wait_for(|stopping| *stopping).await.is_err() {
-            // The server is gone; there is nothing to wait for.
-            std::future::pending::<()>().await;
+    pub(crate) fn stopping(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut stopping = self.stopping.clone();
+        async move {
+            if stopping.wait_for(|stopping| *stopping).await.is_err() {
+                // The server is gone; there is nothing to wait for.
+                std::future::pending::<()>().await;
+            }
         }
     }
 
