@@ -329,16 +329,12 @@ where
         }
     };
     info!(subprotocol = ?subprotocol, compression = extensions.is_some(), "connection open");
-    let (inbox_sender, inbox) = topics::inbox();
     let accepted = Accepted {
         number,
         secure,
         subprotocol,
     };
-    let opened = instance
-        .lock()
-        .await
-        .open(&mut session, accepted, inbox_sender);
+    let opened = instance.lock().await.open(&mut session, accepted);
     if let Err(trap) = opened {
         warn!("{}", describe_trap(&trap));
         instance.end(session).await;
@@ -354,7 +350,7 @@ where
         idle_timeout: service.config.idle_timeout(),
         poisoned: false,
         shutdown: shared.shutdown.signal(),
-        inbox,
+        inbox: None,
         _slot: slot,
         unflushed: false,
         next_due: None,
@@ -510,8 +506,9 @@ struct Connection<S> {
     /// The instance trapped: it must not be called again.
     poisoned: bool,
     shutdown: crate::server::ShutdownSignal,
-    /// What this connection's topics publish.
-    inbox: topics::Inbox,
+    /// What this connection's topics publish; made on its first subscription (most
+    /// connections never subscribe).
+    inbox: Option<topics::Inbox>,
     /// The connection's place under the service's `max_connections`.
     _slot: crate::server::Slot,
     /// Frames were queued and not flushed yet.
@@ -590,7 +587,7 @@ where
             // message taken from the inbox is sent before the next turn.
             let received = tokio::select! {
                 received = self.ws.next_frame() => received,
-                Some(published) = self.inbox.recv() => {
+                Some(published) = receive(&mut self.inbox) => {
                     if let Next::Stop = self.send_published(published).await {
                         return;
                     }
@@ -739,8 +736,11 @@ where
         let started = std::time::Instant::now();
         let result = instance.dispatch(&self.session, event).await;
         self.metrics.callback_took(started.elapsed());
-        // Timers change only in callbacks.
+        // Timers and subscriptions change only in callbacks.
         self.next_due = instance.next_timer(&self.session);
+        if let Some(inbox) = instance.take_new_inbox(&self.session) {
+            self.inbox = Some(inbox);
+        }
         drop(instance);
         match result {
             Ok(result) => Some(result),
@@ -832,7 +832,7 @@ where
                 debug!(%error, "write failed");
                 return Next::Stop;
             }
-            next = self.inbox.try_recv().ok();
+            next = self.inbox.as_mut().and_then(|inbox| inbox.try_recv().ok());
         }
         if let Err(error) = self.ws.flush().await {
             debug!(%error, "write failed");
@@ -878,6 +878,14 @@ where
         // Reading a closed engine flushes its queued control frames first.
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.ws.next_frame()).await;
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, SinkExt::close(&mut self.ws)).await;
+    }
+}
+
+/// The next message for the connection's topics; never, before it subscribes.
+async fn receive(inbox: &mut Option<topics::Inbox>) -> Option<Published> {
+    match inbox {
+        Some(inbox) => inbox.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -369,7 +369,10 @@ pub struct CallerState {
     /// The connection's number, for topics.
     number: u64,
     /// Where topics deliver to this connection.
-    inbox: InboxSender,
+    /// Where topics deliver to this connection; made on the first subscription.
+    inbox: Option<InboxSender>,
+    /// The receiving end of a just-made inbox, for the connection to take.
+    new_inbox: Option<topics::Inbox>,
     subscriptions: std::collections::HashSet<String>,
     timers: HashMap<u32, Timer>,
 }
@@ -573,7 +576,16 @@ impl bindings::wasmsocket::service::caller::HostCaller for StoreData {
         {
             return Ok(Err(CallerError::LimitExceeded));
         }
-        topics.subscribe(&topic, state.number, state.inbox.clone());
+        let inbox = match &state.inbox {
+            Some(inbox) => inbox.clone(),
+            None => {
+                let (sender, receiver) = topics::inbox();
+                state.inbox = Some(sender.clone());
+                state.new_inbox = Some(receiver);
+                sender
+            }
+        };
+        topics.subscribe(&topic, state.number, inbox);
         state.subscriptions.insert(topic);
         Ok(Ok(()))
     }
@@ -751,7 +763,6 @@ impl Instance {
         &mut self,
         session: &mut Session,
         connection: Accepted,
-        inbox: InboxSender,
     ) -> wasmtime::Result<()> {
         let caller = self.store.data_mut().table.push(CallerState {
             id: format!("{:x}", connection.number),
@@ -762,12 +773,19 @@ impl Instance {
             queued: 0,
             closing: false,
             number: connection.number,
-            inbox,
+            inbox: None,
+            new_inbox: None,
             subscriptions: Default::default(),
             timers: HashMap::new(),
         })?;
         session.caller = Some(caller);
         Ok(())
+    }
+
+    /// The inbox the last callback made by subscribing for the first time, if it did.
+    pub(crate) fn take_new_inbox(&mut self, session: &Session) -> Option<topics::Inbox> {
+        let caller = session.caller.as_ref()?;
+        self.store.data_mut().caller(caller).ok()?.new_inbox.take()
     }
 
     /// When the session's next timer is due, if it has one.
