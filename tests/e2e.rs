@@ -7,14 +7,12 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_tungstenite::connect_async;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
-use wasmsocket_tests::{Host, STEP, components};
-
-type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+use wasmsocket_tests::{Client, Host, STEP, components, connect, next};
 
 // Every component must have a test named after it.
 macro_rules! assert_test_exists {
@@ -23,24 +21,6 @@ macro_rules! assert_test_exists {
     };
 }
 wasmsocket_tests::foreach_component!(assert_test_exists);
-
-async fn connect(url: &str) -> Client {
-    let (client, response) = tokio::time::timeout(STEP, connect_async(url))
-        .await
-        .expect("connect in time")
-        .expect("upgrade accepted");
-    assert_eq!(response.status(), 101);
-    client
-}
-
-/// The next message that is not a ping or pong the client library handles itself.
-async fn next(client: &mut Client) -> Message {
-    tokio::time::timeout(STEP, client.next())
-        .await
-        .expect("a message in time")
-        .expect("stream open")
-        .expect("valid message")
-}
 
 async fn expect_close(client: &mut Client) -> (u16, String) {
     loop {

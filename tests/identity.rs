@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use wasmsocket_tests::{Host, components, scratch_dir};
+use wasmsocket_tests::{Host, components, free_port, scratch_dir};
 
 /// The upgrade's status and the principal the guest saw (its `x-principal` and
 /// `x-scopes` response headers), or the `WWW-Authenticate` challenge.
@@ -57,14 +57,6 @@ fn basic(username: &str, password: &str) -> Option<String> {
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"))
     ))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A throwaway CA and a certificate it signed for `localhost`/127.0.0.1; returns

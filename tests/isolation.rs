@@ -6,19 +6,7 @@
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::connect_async;
 use tokio_tungstenite::tungstenite::Message;
-use wasmsocket_tests::{Host, STEP, components};
-
-async fn next(
-    client: &mut tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-) -> Message {
-    tokio::time::timeout(STEP, client.next())
-        .await
-        .expect("a message in time")
-        .expect("stream open")
-        .expect("valid message")
-}
+use wasmsocket_tests::{Host, STEP, components, next};
 
 async fn misbehaviour_closes_only_its_connection(command: &str) {
     let mut host = Host::with_service(

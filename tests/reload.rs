@@ -8,10 +8,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::connect_async;
 use tokio_tungstenite::tungstenite::Message;
-use wasmsocket_tests::{Host, STEP, components, scratch_dir};
-
-type Client =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+use wasmsocket_tests::{Client, Host, STEP, components, scratch_dir};
 
 /// Replaces `target` with `source`'s bytes in one step (write, then rename), as a
 /// deployment would.

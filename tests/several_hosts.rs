@@ -13,10 +13,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
-use wasmsocket_tests::{Host, STEP, components, failing_check, scratch_dir};
-
-type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+use wasmsocket_tests::{
+    Client, Host, STEP, components, connect, failing_check, free_port, scratch_dir,
+};
 
 const REDIS_SERVER: &str = "/usr/bin/redis-server";
 const PASSWORD: &str = "several-hosts";
@@ -70,14 +69,6 @@ impl Drop for Redis {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The chat example, its topics in the Redis at `port`, metrics at an admin port.
 fn host_config(port: u16) -> String {
     format!(
@@ -121,15 +112,6 @@ async fn wait_for(host: &Host, key: &str, what: &str, done: impl Fn(f64) -> bool
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-async fn connect(url: &str) -> Client {
-    let (client, response) = tokio::time::timeout(STEP, connect_async(url))
-        .await
-        .expect("connect in time")
-        .expect("upgrade accepted");
-    assert_eq!(response.status(), 101);
-    client
 }
 
 fn join(host: &Host, name: &str) -> String {

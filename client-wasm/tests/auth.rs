@@ -75,6 +75,22 @@ async fn status(url: &str, config: ClientConfig) -> u16 {
     }
 }
 
+/// The `WWW-Authenticate` of the 401 an upgrade without credentials gets.
+async fn challenge_without_credentials(url: &str) -> String {
+    match Client::connect(url, ClientConfig::default()).await {
+        Err(Error::Handshake {
+            status: 401,
+            headers,
+            ..
+        }) => headers
+            .into_iter()
+            .find(|(name, _)| name == "www-authenticate")
+            .map(|(_, value)| value)
+            .expect("a WWW-Authenticate header"),
+        other => panic!("expected 401, got {other:?}"),
+    }
+}
+
 fn basic(username: &str, password: &str) -> ClientConfig {
     ClientConfig::default().auth(ClientAuth::Basic {
         username: username.into(),
@@ -92,20 +108,10 @@ const FILE_STORE: &str = "[[service.auth]]\nfile_user_store = \"USERS\"\nscopes 
 async fn basic_auth_against_a_file_user_store() {
     let host = host(FILE_STORE, "");
     let url = host.url("/faulty");
-    match Client::connect(&url, ClientConfig::default()).await {
-        Err(Error::Handshake {
-            status: 401,
-            headers,
-            ..
-        }) => {
-            let challenge = headers
-                .iter()
-                .find(|(n, _)| n == "www-authenticate")
-                .map(|(_, v)| v.as_str());
-            assert_eq!(challenge, Some("Basic realm=\"wasmsocket\""));
-        }
-        other => panic!("expected 401, got {other:?}"),
-    }
+    assert_eq!(
+        challenge_without_credentials(&url).await,
+        "Basic realm=\"wasmsocket\""
+    );
     assert_eq!(status(&url, basic("alice", "wrong")).await, 401);
     assert_eq!(status(&url, basic("nobody", "x")).await, 401);
     // Bob is who he says, but lacks the scope.
@@ -220,23 +226,10 @@ async fn the_first_entry_that_succeeds_wins() {
     assert_eq!(status(&url, bearer(hs256(claims("chat")))).await, 101);
     // Alice authenticates against the file store but lacks "admin": 403.
     assert_eq!(status(&url, basic("alice", "alice's password")).await, 403);
-    match Client::connect(&url, ClientConfig::default()).await {
-        Err(Error::Handshake {
-            status: 401,
-            headers,
-            ..
-        }) => {
-            let challenge = headers
-                .iter()
-                .find(|(n, _)| n == "www-authenticate")
-                .unwrap();
-            assert_eq!(
-                challenge.1,
-                "Basic realm=\"wasmsocket\", Bearer realm=\"wasmsocket\""
-            );
-        }
-        other => panic!("expected 401, got {other:?}"),
-    }
+    assert_eq!(
+        challenge_without_credentials(&url).await,
+        "Basic realm=\"wasmsocket\", Bearer realm=\"wasmsocket\""
+    );
 }
 
 #[tokio::test]

@@ -348,12 +348,12 @@ where
         session,
         callbacks,
         idle_timeout: service.config.idle_timeout(),
-        poisoned: false,
         shutdown: shared.shutdown.signal(),
         inbox: None,
         _slot: slot,
         unflushed: false,
         next_due: None,
+        outbox: Vec::new(),
     })
 }
 
@@ -503,8 +503,6 @@ struct Connection<S> {
     session: Session,
     callbacks: Callbacks,
     idle_timeout: Option<Duration>,
-    /// The instance trapped: it must not be called again.
-    poisoned: bool,
     shutdown: crate::server::ShutdownSignal,
     /// What this connection's topics publish; made on its first subscription (most
     /// connections never subscribe).
@@ -515,6 +513,8 @@ struct Connection<S> {
     unflushed: bool,
     /// When the session's next timer is due.
     next_due: Option<tokio::time::Instant>,
+    /// The frames the last callback queued, to send.
+    outbox: Vec<Outgoing>,
     metrics: Arc<ServiceMetrics>,
     /// Keeps the connection in `wasmsocket_connections_open`.
     _counted: Counted,
@@ -609,7 +609,6 @@ where
                 }
                 () = &mut poisoned => {
                     // Another connection's callback trapped in the shared instance.
-                    self.poisoned = true;
                     self.close(1011, "internal error", CLOSE_TIMEOUT).await;
                     return;
                 }
@@ -703,12 +702,11 @@ where
             return Next::Continue;
         }
         if self.instance.is_poisoned() {
-            self.poisoned = true;
             self.close(1011, "internal error", CLOSE_TIMEOUT).await;
             return Next::Stop;
         }
         match self.call(event).await {
-            Some(Ok(())) => self.flush_outbox().await,
+            Some(Ok(())) => self.queue_outbox().await,
             Some(Err(error)) => {
                 let (code, reason) = close_for(&error);
                 if let CallbackError::UnsupportedData(why) = &error {
@@ -717,7 +715,7 @@ where
                 } else {
                     debug!(code, reason = %reason, "session ended the connection");
                 }
-                if let Next::Stop = self.flush_outbox().await {
+                if let Next::Stop = self.queue_outbox().await {
                     return Next::Stop;
                 }
                 self.close(code, &reason, CLOSE_TIMEOUT).await;
@@ -736,19 +734,24 @@ where
         let started = std::time::Instant::now();
         let result = instance.dispatch(&self.session, event).await;
         self.metrics.callback_took(started.elapsed());
-        // Timers and subscriptions change only in callbacks.
-        self.next_due = instance.next_timer(&self.session);
-        if let Some(inbox) = instance.take_new_inbox(&self.session) {
-            self.inbox = Some(inbox);
-        }
+        // Outbox, timers and subscriptions change only in callbacks: read them while
+        // the instance is held anyway.
+        let result =
+            result.and_then(|result| Ok((result, instance.after_callback(&self.session)?)));
         drop(instance);
         match result {
-            Ok(result) => Some(result),
+            Ok((result, after)) => {
+                self.outbox = after.outbox;
+                self.next_due = after.next_due;
+                if let Some(inbox) = after.new_inbox {
+                    self.inbox = Some(inbox);
+                }
+                Some(result)
+            }
             Err(trap) => {
                 self.metrics.trapped(crate::runtime::is_deadline(&trap));
                 warn!("{}; closing with 1011", describe_trap(&trap));
                 self.instance.poison();
-                self.poisoned = true;
                 None
             }
         }
@@ -757,10 +760,7 @@ where
     /// Delivers a last event of a connection that is already closed: nothing it
     /// queues can be sent.
     async fn deliver_final(&mut self, event: Event<'_>) -> Next {
-        if self.poisoned
-            || self.instance.is_poisoned()
-            || !self.callbacks.contains(event.callback())
-        {
+        if self.instance.is_poisoned() || !self.callbacks.contains(event.callback()) {
             return Next::Stop;
         }
         let _ = self.call(event).await;
@@ -770,18 +770,8 @@ where
     /// Queues the frames the last callback asked for, in order. The run loop flushes
     /// them once the frames that had already arrived are handled: one write for a
     /// burst.
-    async fn flush_outbox(&mut self) -> Next {
-        let outbox = self.instance.lock().await.take_outbox(&self.session);
-        let outbox = match outbox {
-            Ok(outbox) => outbox,
-            Err(trap) => {
-                warn!("{}", describe_trap(&trap));
-                self.instance.poison();
-                self.poisoned = true;
-                self.close(1011, "internal error", CLOSE_TIMEOUT).await;
-                return Next::Stop;
-            }
-        };
+    async fn queue_outbox(&mut self) -> Next {
+        let outbox = std::mem::take(&mut self.outbox);
         if outbox.is_empty() {
             return Next::Continue;
         }

@@ -259,6 +259,7 @@ impl ServiceComponent {
             store,
             bindings: None,
             ticks,
+            trapped: false,
         };
         instance.arm_deadline();
         let bindings = self.pre.instantiate_async(&mut instance.store).await?;
@@ -660,6 +661,17 @@ pub(crate) struct Instance {
     store: Store<StoreData>,
     bindings: Option<bindings::Service>,
     ticks: u64,
+    /// A call trapped: the store must not run guest code again (isolated mode; a
+    /// shared instance's flag is its `SharedInstance::poisoned`).
+    trapped: bool,
+}
+
+/// What a callback left for its connection (see [`Instance::after_callback`]).
+#[derive(Default)]
+pub(crate) struct Aftermath {
+    pub(crate) outbox: Vec<Outgoing>,
+    pub(crate) next_due: Option<tokio::time::Instant>,
+    pub(crate) new_inbox: Option<topics::Inbox>,
 }
 
 /// What the upgrade hook decided.
@@ -782,12 +794,6 @@ impl Instance {
         Ok(())
     }
 
-    /// The inbox the last callback made by subscribing for the first time, if it did.
-    pub(crate) fn take_new_inbox(&mut self, session: &Session) -> Option<topics::Inbox> {
-        let caller = session.caller.as_ref()?;
-        self.store.data_mut().caller(caller).ok()?.new_inbox.take()
-    }
-
     /// When the session's next timer is due, if it has one.
     pub(crate) fn next_timer(&mut self, session: &Session) -> Option<tokio::time::Instant> {
         let caller = session.caller.as_ref()?;
@@ -887,14 +893,20 @@ impl Instance {
         }
     }
 
-    /// Takes the frames the last callback queued.
-    pub(crate) fn take_outbox(&mut self, session: &Session) -> wasmtime::Result<Vec<Outgoing>> {
+    /// What the last callback left for the connection, in one look at its caller:
+    /// the frames it queued, when its next timer is due, and the inbox its first
+    /// subscription made.
+    pub(crate) fn after_callback(&mut self, session: &Session) -> wasmtime::Result<Aftermath> {
         let Some(caller) = &session.caller else {
-            return Ok(Vec::new());
+            return Ok(Aftermath::default());
         };
         let state = self.store.data_mut().caller(caller)?;
         state.queued = 0;
-        Ok(std::mem::take(&mut state.outbox))
+        Ok(Aftermath {
+            outbox: std::mem::take(&mut state.outbox),
+            next_due: state.timers.values().map(|timer| timer.due).min(),
+            new_inbox: state.new_inbox.take(),
+        })
     }
 
     /// Records that a close frame was sent or received, so `is-open` turns false and
@@ -1003,15 +1015,18 @@ impl InstanceHandle {
     /// Whether the instance trapped (in a call for any of its connections).
     pub(crate) fn is_poisoned(&self) -> bool {
         match self {
-            InstanceHandle::Own(_) => false,
+            InstanceHandle::Own(instance) => instance.trapped,
             InstanceHandle::Shared(shared) => shared.is_poisoned(),
         }
     }
 
-    /// Records that a call trapped. In isolated mode the caller keeps track.
-    pub(crate) fn poison(&self) {
-        if let InstanceHandle::Shared(shared) = self {
-            shared.poisoned.send_replace(true);
+    /// Records that a call trapped: no guest code runs in the instance again.
+    pub(crate) fn poison(&mut self) {
+        match self {
+            InstanceHandle::Own(instance) => instance.trapped = true,
+            InstanceHandle::Shared(shared) => {
+                shared.poisoned.send_replace(true);
+            }
         }
     }
 

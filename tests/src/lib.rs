@@ -42,6 +42,39 @@ pub fn failing_check(config: &std::path::Path) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// A tokio-tungstenite client connection.
+pub type Client =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Connects to `url`, expecting the upgrade to be accepted (101) within [`STEP`].
+pub async fn connect(url: &str) -> Client {
+    let (client, response) = tokio::time::timeout(STEP, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("connect in time")
+        .expect("upgrade accepted");
+    assert_eq!(response.status(), 101);
+    client
+}
+
+/// The client's next message, within [`STEP`].
+pub async fn next(client: &mut Client) -> tokio_tungstenite::tungstenite::Message {
+    use futures_util::StreamExt;
+    tokio::time::timeout(STEP, client.next())
+        .await
+        .expect("a message in time")
+        .expect("stream open")
+        .expect("valid message")
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind a free port")
+        .local_addr()
+        .expect("local address")
+        .port()
+}
+
 /// A private scratch directory for one test.
 pub fn scratch_dir(label: &str) -> PathBuf {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
