@@ -14,6 +14,7 @@ use crate::auth::Verdict;
 use crate::engine::{self, CloseCode, Frame, OpCode, WebSocket};
 use crate::http::{self, ReadError, Request, Upgrade};
 use crate::metrics::{Refusal, ServiceMetrics};
+use crate::quiet::Quiet;
 use crate::runtime::ServiceComponent;
 use crate::runtime::{
     Accepted, CallbackError, Callbacks, Decision, Event, Header, InstanceHandle, Outgoing, Session,
@@ -490,6 +491,14 @@ fn is_allowed_header(header: &Header) -> bool {
             .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
+/// What ends a connection from outside.
+enum Alarm {
+    /// Another connection's callback trapped in the shared instance.
+    Poisoned,
+    /// The server is stopping.
+    Stopping,
+}
+
 /// What to do after a callback.
 enum Next {
     Continue,
@@ -558,9 +567,16 @@ where
         if let Next::Stop = self.deliver(Event::Open).await {
             return;
         }
-        // Made once and polled on every turn: no waker registration per message.
-        let mut poisoned = std::pin::pin!(self.instance.poisoned());
-        let mut stopping = std::pin::pin!(self.shutdown.stopping());
+        // Made once, and polled only when woken: both wait on something every
+        // connection shares.
+        let poisoned = self.instance.poisoned();
+        let stopping = self.shutdown.stopping();
+        let mut alarm = Quiet::new(async move {
+            tokio::select! {
+                () = poisoned => Alarm::Poisoned,
+                () = stopping => Alarm::Stopping,
+            }
+        });
         loop {
             if self.unflushed {
                 self.unflushed = false;
@@ -607,18 +623,18 @@ where
                     }
                     continue;
                 }
-                () = &mut poisoned => {
-                    // Another connection's callback trapped in the shared instance.
-                    self.close(1011, "internal error", CLOSE_TIMEOUT).await;
-                    return;
-                }
                 () = idle => {
                     if let Next::Stop = self.deliver(Event::IdleTimeout).await {
                         return;
                     }
                     continue;
                 }
-                () = &mut stopping => {
+                alarm = &mut alarm => {
+                    if let Alarm::Poisoned = alarm {
+                        // Another connection's callback trapped in the shared instance.
+                        self.close(1011, "internal error", CLOSE_TIMEOUT).await;
+                        return;
+                    }
                     if self.shutdown.is_immediate() {
                         debug!("server stopping at once: dropping the connection");
                         return;

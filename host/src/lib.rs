@@ -22,6 +22,7 @@ mod jwks;
 mod ldap;
 mod metrics;
 mod outbound;
+mod quiet;
 mod runtime;
 mod server;
 mod tls;

@@ -1,10 +1,11 @@
 //! Prometheus metrics, served at the admin address's `/metrics` in the text
 //! exposition format. Counters are plain atomics updated where things happen; the
-//! text is rendered on each scrape.
+//! text is rendered on each scrape. The counters every message bumps are kept once per
+//! worker thread (see [`Hot`]) and summed when rendered.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -53,23 +54,45 @@ const LATENCY_BUCKETS: [f64; 12] = [
     1.0,
 ];
 
+/// Copies of the per-message counters: each thread bumps its own, so two cores never
+/// fight over one cache line on every message (measured: six shared atomics per
+/// message were a visible share of a message's cost on two cores).
+const SHARDS: usize = 8;
+
+/// One thread's share of a service's per-message counters, on cache lines of its own.
+#[derive(Default)]
+#[repr(align(128))]
+struct Hot {
+    messages_in: AtomicU64,
+    messages_out: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    latency: [AtomicU64; LATENCY_BUCKETS.len()],
+    latency_overflow: AtomicU64,
+    latency_sum_ns: AtomicU64,
+}
+
+/// This thread's shard: threads are numbered in the order they first count.
+fn shard() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    SHARD.with(|shard| *shard)
+}
+
 /// One service's numbers.
 #[derive(Default)]
 pub(crate) struct ServiceMetrics {
     open: AtomicI64,
     accepted: AtomicU64,
     refused: [AtomicU64; Refusal::ALL.len()],
-    messages_in: AtomicU64,
-    messages_out: AtomicU64,
-    bytes_in: AtomicU64,
-    bytes_out: AtomicU64,
+    /// What every message counts, by thread.
+    hot: [Hot; SHARDS],
     /// (code, closed by the peer) → connections
     closes: Mutex<BTreeMap<(u16, bool), u64>>,
     traps: AtomicU64,
     deadlines: AtomicU64,
-    latency: [AtomicU64; LATENCY_BUCKETS.len()],
-    latency_overflow: AtomicU64,
-    latency_sum_ns: AtomicU64,
     /// Bytes of linear memory the service's instances hold.
     pub(crate) memory: Arc<AtomicI64>,
 }
@@ -90,14 +113,28 @@ impl ServiceMetrics {
         self.refused[index].fetch_add(1, Ordering::Relaxed);
     }
 
+    fn hot(&self) -> &Hot {
+        &self.hot[shard()]
+    }
+
+    /// The sum over the threads of one per-message counter.
+    fn total(&self, counter: impl Fn(&Hot) -> &AtomicU64) -> u64 {
+        self.hot
+            .iter()
+            .map(|hot| counter(hot).load(Ordering::Relaxed))
+            .sum()
+    }
+
     pub(crate) fn received(&self, bytes: usize) {
-        self.messages_in.fetch_add(1, Ordering::Relaxed);
-        self.bytes_in.fetch_add(bytes as u64, Ordering::Relaxed);
+        let hot = self.hot();
+        hot.messages_in.fetch_add(1, Ordering::Relaxed);
+        hot.bytes_in.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     pub(crate) fn sent(&self, bytes: usize) {
-        self.messages_out.fetch_add(1, Ordering::Relaxed);
-        self.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
+        let hot = self.hot();
+        hot.messages_out.fetch_add(1, Ordering::Relaxed);
+        hot.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     /// A connection ended with close `code`, sent by the peer or by the host.
@@ -119,12 +156,13 @@ impl ServiceMetrics {
     }
 
     pub(crate) fn callback_took(&self, took: Duration) {
+        let hot = self.hot();
         let seconds = took.as_secs_f64();
         match LATENCY_BUCKETS.iter().position(|bound| seconds <= *bound) {
-            Some(bucket) => self.latency[bucket].fetch_add(1, Ordering::Relaxed),
-            None => self.latency_overflow.fetch_add(1, Ordering::Relaxed),
+            Some(bucket) => hot.latency[bucket].fetch_add(1, Ordering::Relaxed),
+            None => hot.latency_overflow.fetch_add(1, Ordering::Relaxed),
         };
-        self.latency_sum_ns
+        hot.latency_sum_ns
             .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
     }
 }
@@ -263,15 +301,14 @@ impl Metrics {
             header(o, name, "counter", help);
             for (s, m) in &services {
                 let (received, sent) = if bytes {
-                    (&m.bytes_in, &m.bytes_out)
+                    (m.total(|h| &h.bytes_in), m.total(|h| &h.bytes_out))
                 } else {
-                    (&m.messages_in, &m.messages_out)
+                    (m.total(|h| &h.messages_in), m.total(|h| &h.messages_out))
                 };
                 for (direction, count) in [("in", received), ("out", sent)] {
                     let _ = writeln!(
                         o,
-                        "{name}{{service=\"{s}\",direction=\"{direction}\"}} {}",
-                        load(count)
+                        "{name}{{service=\"{s}\",direction=\"{direction}\"}} {count}"
                     );
                 }
             }
@@ -334,15 +371,15 @@ impl Metrics {
         );
         for (s, m) in &services {
             let mut cumulative = 0;
-            for (bound, count) in LATENCY_BUCKETS.iter().zip(&m.latency) {
-                cumulative += load(count);
+            for (bucket, bound) in LATENCY_BUCKETS.iter().enumerate() {
+                cumulative += m.total(|h| &h.latency[bucket]);
                 let _ = writeln!(
                     o,
                     "{name}_bucket{{service=\"{s}\",le=\"{bound}\"}} {cumulative}"
                 );
             }
-            cumulative += load(&m.latency_overflow);
-            let sum = load(&m.latency_sum_ns) as f64 / 1e9;
+            cumulative += m.total(|h| &h.latency_overflow);
+            let sum = m.total(|h| &h.latency_sum_ns) as f64 / 1e9;
             let _ = writeln!(
                 o,
                 "{name}_bucket{{service=\"{s}\",le=\"+Inf\"}} {cumulative}\n\
