@@ -25,6 +25,7 @@ mod outbound;
 mod quiet;
 mod runtime;
 mod server;
+mod stacks;
 mod tls;
 mod topics;
 

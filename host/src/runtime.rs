@@ -19,6 +19,7 @@ use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadl
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::config::{Grants, SandboxLimits};
+use crate::stacks::StackPool;
 use crate::topics::{self, InboxSender, Published, Topics};
 use crate::{Error, Result};
 
@@ -45,6 +46,10 @@ pub(crate) use bindings::wasmsocket::service::types::{
 
 /// How often the epoch advances; callback deadlines are counted in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Fiber stacks kept for reuse after their connections end (each about 2 MiB of
+/// address space, and the few pages its calls touched).
+const KEPT_STACKS: usize = 1024;
 
 /// Most resource-table entries (WASI streams, callers) an isolated instance may hold.
 const MAX_TABLE_ENTRIES: usize = 1024;
@@ -78,6 +83,11 @@ impl Runtime {
         // guest yields to other connections every tick), but the component-model
         // concurrency machinery is not used: it would double the cost of each call.
         config.concurrency_support(false);
+        // Stacks of ended connections serve new ones: no unmap (and cross-core TLB
+        // flush) per connection.
+        config.with_host_stack(Arc::new(crate::stacks::Stacks(StackPool::new(
+            KEPT_STACKS,
+        ))));
         let engine = Engine::new(&config).map_err(Error::Engine)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(Error::Engine)?;
