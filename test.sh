@@ -18,6 +18,8 @@ WASMSOCKET_TEST_URL=ws://unused cargo clippy --release -p wasmsocket-client \
 
 echo "== native tests"
 cargo test --release --workspace
+# The vendored engine's own tests, including those of the changes in its PATCHES.md.
+cargo test --release --manifest-path vendor/yawc/Cargo.toml --lib
 
 echo "== browser tests"
 scripts/browser-tests.sh

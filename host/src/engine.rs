@@ -60,6 +60,8 @@ where
         // read touches become resident: an idle connection's RSS is the same as with
         // 8 KiB (measured with the bench's idle load).
         .with_read_buffer_capacity(READ_BUFFER)
+        // An idle connection holds no buffer.
+        .with_idle_buffers_released()
         .with_limits(limits.max_frame_size + 1, limits.max_message_size + 1);
     if pong == Pong::Manual {
         options = options.with_manual_pong();

@@ -85,9 +85,7 @@ impl Runtime {
         config.concurrency_support(false);
         // Stacks of ended connections serve new ones: no unmap (and cross-core TLB
         // flush) per connection.
-        config.with_host_stack(Arc::new(crate::stacks::Stacks(StackPool::new(
-            KEPT_STACKS,
-        ))));
+        config.with_host_stack(Arc::new(crate::stacks::Stacks(StackPool::new(KEPT_STACKS))));
         let engine = Engine::new(&config).map_err(Error::Engine)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(Error::Engine)?;

@@ -13,7 +13,10 @@
 //!
 //! The only unsafe code in the host: mapping memory, and promising Wasmtime it is a
 //! stack (the `StackMemory` contract).
-#![allow(unsafe_code, reason = "maps the fiber stacks Wasmtime runs guest calls on")]
+#![allow(
+    unsafe_code,
+    reason = "maps the fiber stacks Wasmtime runs guest calls on"
+)]
 
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
@@ -151,7 +154,11 @@ pub(crate) struct Stacks(pub(crate) Arc<StackPool>);
 
 // SAFETY: every stack handed out is a `PooledStack` (see its `StackMemory`).
 unsafe impl StackCreator for Stacks {
-    fn new_stack(&self, size: usize, zeroed: bool) -> Result<Box<dyn StackMemory>, wasmtime::Error> {
+    fn new_stack(
+        &self,
+        size: usize,
+        zeroed: bool,
+    ) -> Result<Box<dyn StackMemory>, wasmtime::Error> {
         let reused = if zeroed {
             None
         } else {

@@ -118,6 +118,7 @@ mod builder;
 pub mod http2;
 mod options;
 mod socks5;
+mod spare;
 mod split;
 pub mod streaming;
 mod upgrade;
@@ -232,6 +233,7 @@ pub(crate) struct Negotiation {
     pub(crate) write_buffer_capacity: Option<usize>,
     pub(crate) utf8: bool,
     pub(crate) manual_pong: bool,
+    pub(crate) release_idle_buffers: bool,
     pub(crate) fragmentation: Option<options::Fragmentation>,
     pub(crate) max_backpressure_write_boundary: Option<usize>,
     /// Messages sent as one frame below this size skip compression.
@@ -285,6 +287,7 @@ impl Negotiation {
             write_buffer_capacity: options.write_buffer_capacity,
             utf8: options.check_utf8,
             manual_pong: options.manual_pong,
+            release_idle_buffers: options.release_idle_buffers,
             fragmentation: options.fragmentation.clone(),
             max_backpressure_write_boundary: options.max_backpressure_write_boundary,
             compression_threshold: options

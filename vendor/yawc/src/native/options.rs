@@ -139,6 +139,18 @@ pub struct Options {
     /// Default: `false`
     pub manual_pong: bool,
 
+    /// Free the read and write buffers while the connection waits.
+    ///
+    /// When a read finds nothing to read and the read buffer holds no partial frame,
+    /// the read buffer is freed, and a new one of
+    /// [`Options::read_buffer_capacity`] is allocated before the next read; the write
+    /// buffer is freed once a flush has emptied it. A mostly idle connection then
+    /// holds no buffer memory. Freed buffers go to a small list per thread, from which
+    /// the next read or write of any connection on that thread takes one.
+    ///
+    /// Default: `false`
+    pub release_idle_buffers: bool,
+
     /// Backpressure boundary for the write buffer in bytes.
     ///
     /// When the write buffer exceeds this size, backpressure is applied to
@@ -438,6 +450,15 @@ impl Options {
     pub fn with_manual_pong(self) -> Self {
         Self {
             manual_pong: true,
+            ..self
+        }
+    }
+
+    /// Frees the buffers while the connection waits; see
+    /// [`Options::release_idle_buffers`].
+    pub fn with_idle_buffers_released(self) -> Self {
+        Self {
+            release_idle_buffers: true,
             ..self
         }
     }

@@ -178,6 +178,8 @@ pub struct Streaming<S> {
     write_buffer_capacity: usize,
     // the write buffer grew past its usual size and is replaced once flushed
     write_buffer_grown: bool,
+    // free both buffers while the connection waits
+    release_idle_buffers: bool,
 }
 
 impl<S> Streaming<S>
@@ -226,6 +228,7 @@ where
                 .write_buffer_capacity
                 .unwrap_or(DEFAULT_BUFFER_CAPACITY),
             write_buffer_grown: false,
+            release_idle_buffers: negotiated.release_idle_buffers,
         }
     }
 
@@ -283,6 +286,9 @@ where
         cx: &mut Context<'_>,
         max_read_buffer: usize,
     ) -> Poll<Result<Frame>> {
+        if self.release_idle_buffers && self.stream.read_buffer().capacity() == 0 {
+            *self.stream.read_buffer_mut() = super::spare::take(self.read_buffer_capacity);
+        }
         let res = if self.stream.read_buffer().is_empty() {
             self.wake_proxy.set_waker(ContextKind::Read, cx.waker());
             self.wake_proxy
@@ -311,6 +317,9 @@ where
             }
             Poll::Pending => {
                 ready!(self.poll_flush_obligated(ContextKind::Read, cx))?;
+                if self.release_idle_buffers && self.stream.read_buffer().is_empty() {
+                    super::spare::give(std::mem::take(self.stream.read_buffer_mut()));
+                }
                 Poll::Pending
             }
         }
@@ -331,7 +340,10 @@ where
 
     /// Gives back the memory the write buffer grew to, once it has been written out.
     fn release_write_buffer(&mut self) {
-        if self.write_buffer_grown && self.stream.write_buffer().is_empty() {
+        if self.release_idle_buffers && self.stream.write_buffer().is_empty() {
+            super::spare::give(std::mem::take(self.stream.write_buffer_mut()));
+            self.write_buffer_grown = false;
+        } else if self.write_buffer_grown && self.stream.write_buffer().is_empty() {
             set_capacity(self.stream.write_buffer_mut(), self.write_buffer_capacity);
             self.write_buffer_grown = false;
         }
@@ -541,6 +553,9 @@ where
             }
         }
 
+        if this.release_idle_buffers && this.stream.write_buffer().capacity() == 0 {
+            *this.stream.write_buffer_mut() = super::spare::take(this.write_buffer_capacity);
+        }
         this.write_half.start_send(&mut this.stream, item)?;
 
         // Frames up to the backpressure boundary collect in the buffer between
@@ -689,6 +704,44 @@ mod capacity_tests {
             stream.next_frame().await.unwrap().payload().as_ref(),
             b"abc"
         );
+    }
+
+    #[tokio::test]
+    async fn idle_buffers_are_released_and_come_back_for_the_next_read() {
+        use futures::SinkExt;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let options = Options::default()
+            .with_read_buffer_capacity(16 * 1024)
+            .with_idle_buffers_released();
+        let negotiated = Negotiation::new(None, &options, Role::Client).unwrap();
+        let (io, mut peer) = duplex(64 * 1024);
+        let mut stream = Streaming::new(Role::Client, io, Bytes::new(), &negotiated);
+
+        // Nothing to read: the read finds nothing and frees the buffer.
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(stream.poll_next_frame(&mut cx).is_pending());
+        assert_eq!(stream.stream.read_buffer().capacity(), 0);
+
+        // A partial frame is kept while the rest is awaited.
+        peer.write_all(b"\x82\x03a").await.unwrap();
+        assert!(stream.poll_next_frame(&mut cx).is_pending());
+        // (less the frame header the decoder has consumed)
+        assert!(stream.stream.read_buffer().capacity() >= 16 * 1024 - 16);
+        peer.write_all(b"bc").await.unwrap();
+        assert_eq!(
+            stream.next_frame().await.unwrap().payload().as_ref(),
+            b"abc"
+        );
+
+        // The write buffer is freed once flushed, and what was written arrives.
+        stream.send(Frame::binary(&b"xyz"[..])).await.unwrap();
+        assert_eq!(stream.stream.write_buffer().capacity(), 0);
+        let mut head = [0u8; 2];
+        peer.read_exact(&mut head).await.unwrap();
+        assert_eq!(head[0], 0x82);
+        assert_eq!(head[1] & 0x7f, 3);
     }
 
     #[tokio::test]
