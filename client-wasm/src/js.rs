@@ -8,8 +8,8 @@ use js_sys::{Promise, Uint8Array};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
-use crate::web::{Connection, Shared};
-use crate::{ClientConfig, Error, Message, RetryConfig};
+use crate::web::{Settings, Shared};
+use crate::{Error, Message, RetryConfig};
 
 #[wasm_bindgen(typescript_custom_section)]
 const TS_TYPES: &'static str = r#"
@@ -31,24 +31,6 @@ export interface WsClientOptions {
 export interface CloseInfo { code: number; reason: string }
 "#;
 
-/// `WsClientOptions`, read field by field (a serde bridge would double the bundle).
-#[derive(Default)]
-struct Options {
-    subprotocols: Vec<String>,
-    read_timeout_ms: Option<u32>,
-    write_timeout_ms: Option<u32>,
-    handshake_timeout_ms: Option<u32>,
-    retry: Option<RetryOptions>,
-}
-
-#[derive(Default)]
-struct RetryOptions {
-    max_count: u32,
-    interval_ms: Option<u32>,
-    back_off_factor: Option<f64>,
-    max_wait_interval_ms: Option<u32>,
-}
-
 fn field(object: &JsValue, name: &str) -> Result<Option<JsValue>, Error> {
     let value = js_sys::Reflect::get(object, &name.into())
         .map_err(|_| Error::InvalidConfig(format!("{name}: cannot be read")))?;
@@ -67,77 +49,61 @@ fn number(object: &JsValue, name: &str) -> Result<Option<f64>, Error> {
     }
 }
 
-fn millis_field(object: &JsValue, name: &str) -> Result<Option<u32>, Error> {
+fn u32_field(object: &JsValue, name: &str) -> Result<Option<u32>, Error> {
     Ok(number(object, name)?.map(|n| n.min(f64::from(u32::MAX)) as u32))
 }
 
-impl Options {
-    fn from_js(value: &JsValue) -> Result<Self, Error> {
-        if value.is_undefined() || value.is_null() {
-            return Ok(Self::default());
-        }
-        if !value.is_object() {
-            return Err(Error::InvalidConfig("options: must be an object".into()));
-        }
-        let subprotocols = match field(value, "subprotocols")? {
-            None => Vec::new(),
-            Some(list) if js_sys::Array::is_array(&list) => js_sys::Array::from(&list)
-                .iter()
-                .map(|p| {
-                    p.as_string()
-                        .ok_or_else(|| Error::InvalidConfig("subprotocols: must be strings".into()))
-                })
-                .collect::<Result<_, _>>()?,
-            Some(_) => {
-                return Err(Error::InvalidConfig(
-                    "subprotocols: must be an array".into(),
-                ));
-            }
-        };
-        let retry = match field(value, "retry")? {
-            None => None,
-            Some(retry) => Some(RetryOptions {
-                max_count: millis_field(&retry, "maxCount")?.unwrap_or(0),
-                interval_ms: millis_field(&retry, "intervalMs")?,
-                back_off_factor: number(&retry, "backOffFactor")?,
-                max_wait_interval_ms: millis_field(&retry, "maxWaitIntervalMs")?,
-            }),
-        };
-        Ok(Self {
-            subprotocols,
-            read_timeout_ms: millis_field(value, "readTimeoutMs")?,
-            write_timeout_ms: millis_field(value, "writeTimeoutMs")?,
-            handshake_timeout_ms: millis_field(value, "handshakeTimeoutMs")?,
-            retry,
-        })
+/// `WsClientOptions`, read field by field (a serde bridge would double the bundle) into
+/// the browser backend's settings.
+fn settings(value: &JsValue) -> Result<Settings, Error> {
+    if value.is_undefined() || value.is_null() {
+        return Ok(Settings::default());
     }
+    if !value.is_object() {
+        return Err(Error::InvalidConfig("options: must be an object".into()));
+    }
+    let subprotocols = match field(value, "subprotocols")? {
+        None => Vec::new(),
+        Some(list) if js_sys::Array::is_array(&list) => js_sys::Array::from(&list)
+            .iter()
+            .map(|p| {
+                p.as_string()
+                    .ok_or_else(|| Error::InvalidConfig("subprotocols: must be strings".into()))
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => {
+            return Err(Error::InvalidConfig(
+                "subprotocols: must be an array".into(),
+            ));
+        }
+    };
+    let retry = match field(value, "retry")? {
+        None => None,
+        Some(retry) => {
+            let defaults = RetryConfig::default();
+            let max_count = u32_field(&retry, "maxCount")?.unwrap_or(0);
+            let interval = duration_field(&retry, "intervalMs")?.unwrap_or(defaults.interval);
+            let factor = number(&retry, "backOffFactor")?.unwrap_or(defaults.back_off_factor);
+            let max_wait =
+                duration_field(&retry, "maxWaitIntervalMs")?.unwrap_or(defaults.max_wait_interval);
+            Some(RetryConfig::new(max_count, interval).back_off(factor, max_wait))
+        }
+    };
+    Ok(Settings {
+        subprotocols,
+        read_timeout: duration_field(value, "readTimeoutMs")?,
+        write_timeout: duration_field(value, "writeTimeoutMs")?,
+        handshake_timeout: duration_field(value, "handshakeTimeoutMs")?,
+        retry,
+    })
+}
+
+fn duration_field(object: &JsValue, name: &str) -> Result<Option<Duration>, Error> {
+    Ok(u32_field(object, name)?.map(millis))
 }
 
 fn millis(ms: u32) -> Duration {
     Duration::from_millis(ms.into())
-}
-
-impl Options {
-    fn into_config(self) -> ClientConfig {
-        let mut config = ClientConfig::default().subprotocols(self.subprotocols);
-        config.read_timeout = self.read_timeout_ms.map(millis);
-        config.write_timeout = self.write_timeout_ms.map(millis);
-        config.handshake_timeout = self.handshake_timeout_ms.map(millis);
-        config.retry = self.retry.map(|retry| {
-            let defaults = RetryConfig::default();
-            RetryConfig::new(
-                retry.max_count,
-                retry.interval_ms.map_or(defaults.interval, millis),
-            )
-            .back_off(
-                retry.back_off_factor.unwrap_or(defaults.back_off_factor),
-                retry
-                    .max_wait_interval_ms
-                    .map_or(defaults.max_wait_interval, millis),
-            )
-        });
-        config
-    }
 }
 
 /// Errors reach JavaScript as `Error` objects whose `name` says the kind
@@ -189,11 +155,10 @@ impl JsClient {
         #[wasm_bindgen(unchecked_param_type = "WsClientOptions | undefined")] options: JsValue,
     ) -> Promise {
         future_to_promise(async move {
-            let options = Options::from_js(&options).map_err(to_js)?;
-            let client = crate::Client::connect(&url, options.into_config())
-                .await
-                .map_err(to_js)?;
-            let Connection { shared } = client.inner;
+            let settings = settings(&options).map_err(to_js)?;
+            crate::check_subprotocols(&settings.subprotocols).map_err(to_js)?;
+            let url = crate::parse_url(&url).map_err(to_js)?;
+            let shared = Shared::connect(url, settings).await.map_err(to_js)?;
             Ok(JsClient { shared }.into())
         })
     }

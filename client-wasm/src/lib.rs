@@ -475,17 +475,7 @@ impl ClientConfig {
     }
 
     fn validate(&self) -> Result<()> {
-        for protocol in &self.subprotocols {
-            let token = !protocol.is_empty()
-                && protocol
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-            if !token {
-                return Err(Error::InvalidConfig(format!(
-                    "subprotocols: \"{protocol}\" is not a valid token"
-                )));
-            }
-        }
+        check_subprotocols(&self.subprotocols)?;
         if self.max_frame_size == Some(0) {
             return Err(Error::InvalidConfig(
                 "max_frame_size: must be positive".into(),
@@ -496,6 +486,22 @@ impl ClientConfig {
         }
         Ok(())
     }
+}
+
+/// Each subprotocol must be an HTTP token.
+fn check_subprotocols(subprotocols: &[String]) -> Result<()> {
+    for protocol in subprotocols {
+        let token = !protocol.is_empty()
+            && protocol
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !token {
+            return Err(Error::InvalidConfig(format!(
+                "subprotocols: \"{protocol}\" is not a valid token"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// What the server answered to the upgrade request.

@@ -14,7 +14,9 @@ use wasm_bindgen::JsCast;
 use wasm_bindgen::closure::Closure;
 use web_sys::{BinaryType, CloseEvent, MessageEvent, WebSocket};
 
-use crate::{ClientAuth, ClientConfig, Error, HandshakeResponse, Message, Result, WsUrl};
+use crate::{
+    ClientAuth, ClientConfig, Error, HandshakeResponse, Message, Result, RetryConfig, WsUrl,
+};
 
 /// The browser has no OAuth2 token cache: configuring OAuth2 is refused at connect.
 /// (Braced, so the shared code can build it with `default()` on both targets.)
@@ -25,6 +27,18 @@ pub(crate) struct TokenCache {}
 const HIGH_WATER_MARK: u32 = 1 << 20;
 /// How often a waiting write looks at `bufferedAmount` again.
 const DRAIN_POLL: Duration = Duration::from_millis(5);
+
+/// What the browser honours of a [`ClientConfig`]: the rest is refused at connect. The
+/// JavaScript class builds it directly, so the native-only configuration (credentials,
+/// TLS, handlers) stays out of the browser bundle.
+#[derive(Default)]
+pub(crate) struct Settings {
+    pub(crate) subprotocols: Vec<String>,
+    pub(crate) read_timeout: Option<Duration>,
+    pub(crate) write_timeout: Option<Duration>,
+    pub(crate) handshake_timeout: Option<Duration>,
+    pub(crate) retry: Option<RetryConfig>,
+}
 
 /// What the socket's event handlers report.
 enum Event {
@@ -57,7 +71,7 @@ impl Drop for Socket {
 }
 
 impl Socket {
-    fn open(url: &WsUrl, config: &ClientConfig) -> Result<Self> {
+    fn open(url: &WsUrl, config: &Settings) -> Result<Self> {
         let protocols = js_sys::Array::new();
         for protocol in &config.subprotocols {
             protocols.push(&protocol.into());
@@ -139,7 +153,7 @@ impl Socket {
 /// The browser connection, shared by [`crate::Client`] and the JavaScript class.
 pub(crate) struct Shared {
     url: WsUrl,
-    config: ClientConfig,
+    config: Settings,
     socket: RefCell<Rc<Socket>>,
     closed: RefCell<Option<(u16, String)>>,
 }
@@ -226,7 +240,7 @@ async fn with_timeout<T>(
     }
 }
 
-async fn open_with_retry(url: &WsUrl, config: &ClientConfig) -> Result<Socket> {
+async fn open_with_retry(url: &WsUrl, config: &Settings) -> Result<Socket> {
     let mut attempt = 0;
     loop {
         let limit = config
@@ -257,14 +271,15 @@ async fn open_with_retry(url: &WsUrl, config: &ClientConfig) -> Result<Socket> {
 impl Connection {
     pub(crate) async fn connect(url: WsUrl, config: ClientConfig) -> Result<Self> {
         check_supported(&config)?;
-        let socket = open_with_retry(&url, &config).await?;
+        let settings = Settings {
+            subprotocols: config.subprotocols,
+            read_timeout: config.read_timeout,
+            write_timeout: config.write_timeout,
+            handshake_timeout: config.handshake_timeout,
+            retry: config.retry,
+        };
         Ok(Self {
-            shared: Rc::new(Shared {
-                url,
-                config,
-                socket: RefCell::new(Rc::new(socket)),
-                closed: RefCell::new(None),
-            }),
+            shared: Shared::connect(url, settings).await?,
         })
     }
 
@@ -305,6 +320,17 @@ impl Connection {
 }
 
 impl Shared {
+    /// Opens the socket (retrying as `config.retry` says); `config` is already valid.
+    pub(crate) async fn connect(url: WsUrl, config: Settings) -> Result<Rc<Self>> {
+        let socket = open_with_retry(&url, &config).await?;
+        Ok(Rc::new(Self {
+            url,
+            config,
+            socket: RefCell::new(Rc::new(socket)),
+            closed: RefCell::new(None),
+        }))
+    }
+
     fn socket(&self) -> Rc<Socket> {
         self.socket.borrow().clone()
     }
