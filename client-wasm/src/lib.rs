@@ -694,7 +694,13 @@ fn split_url(
     raw: &str,
     secure: impl Fn(&str) -> Result<bool, &'static str>,
 ) -> Result<WsUrl, &'static str> {
-    let (scheme, rest) = raw.split_once("://").ok_or("no scheme")?;
+    // Split on a `char` and strip a prefix: a `&str` searcher could panic, and that
+    // would pull core's char-boundary panic message (and its `Debug` formatting) into
+    // the browser bundle; so could `split_at`, hence `split_at_checked` below.
+    let (scheme, rest) = raw
+        .split_once(':')
+        .and_then(|(scheme, rest)| Some((scheme, rest.strip_prefix("//")?)))
+        .ok_or("no scheme")?;
     let secure = secure(&scheme.to_ascii_lowercase())?;
     if rest.contains('#') {
         return Err("a fragment is not allowed");
@@ -703,7 +709,7 @@ fn split_url(
         return Err("spaces and control characters must be percent-encoded");
     }
     let split = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, target) = rest.split_at(split);
+    let (authority, target) = rest.split_at_checked(split).unwrap_or((rest, ""));
     if authority.contains('@') {
         return Err("credentials in the URL are not supported; use `auth`");
     }
