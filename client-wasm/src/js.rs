@@ -8,7 +8,7 @@ use js_sys::{Promise, Uint8Array};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
-use crate::web::{Settings, Shared};
+use crate::web::{Settings, Shared, describe};
 use crate::{Error, Message, RetryConfig};
 
 #[wasm_bindgen(typescript_custom_section)]
@@ -33,7 +33,7 @@ export interface CloseInfo { code: number; reason: string }
 
 fn field(object: &JsValue, name: &str) -> Result<Option<JsValue>, Error> {
     let value = js_sys::Reflect::get(object, &name.into())
-        .map_err(|_| Error::InvalidConfig(format!("{name}: cannot be read")))?;
+        .map_err(|_| Error::InvalidConfig([name, ": cannot be read"].concat()))?;
     Ok((!value.is_undefined() && !value.is_null()).then_some(value))
 }
 
@@ -42,9 +42,9 @@ fn number(object: &JsValue, name: &str) -> Result<Option<f64>, Error> {
         None => Ok(None),
         Some(value) => match value.as_f64() {
             Some(n) if n.is_finite() && n >= 0.0 => Ok(Some(n)),
-            _ => Err(Error::InvalidConfig(format!(
-                "{name}: must be a number, 0 or more"
-            ))),
+            _ => Err(Error::InvalidConfig(
+                [name, ": must be a number, 0 or more"].concat(),
+            )),
         },
     }
 }
@@ -124,7 +124,7 @@ fn to_js(error: Error) -> JsValue {
         Error::Unsupported(_) => "Unsupported",
         Error::TokenEndpoint { .. } => "TokenEndpoint",
     };
-    let js = js_sys::Error::new(&error.to_string());
+    let js = js_sys::Error::new(&error.message());
     js.set_name(kind);
     if let Error::ConnectionClosed { code, reason } = &error {
         let _ = js_sys::Reflect::set(&js, &"code".into(), &(*code).into());
@@ -211,12 +211,9 @@ impl JsClient {
                     to_js(Error::Binding("binary message is not UTF-8 text".into()))
                 })?,
             };
-            js_sys::JSON::parse(&text).map_err(|e| {
-                to_js(Error::Binding(format!(
-                    "JSON: {}",
-                    e.as_string().unwrap_or_default()
-                )))
-            })
+            // `JSON.parse` throws a `SyntaxError`, whose message says what is wrong.
+            js_sys::JSON::parse(&text)
+                .map_err(|e| to_js(Error::Binding(["JSON: ", &describe(&e)].concat())))
         })
     }
 

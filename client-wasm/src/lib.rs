@@ -77,11 +77,13 @@ pub use auth::{
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything a client operation can fail with.
+///
+/// `Display` is written by hand, without `core::fmt`'s argument formatting, which would
+/// otherwise make up much of the browser bundle.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The URL is not a valid `ws://` or `wss://` URL. Fix the URL.
-    #[error("invalid WebSocket URL \"{url}\": {reason}")]
     InvalidUrl {
         /// The URL given.
         url: String,
@@ -89,15 +91,12 @@ pub enum Error {
         reason: String,
     },
     /// The configuration asks for something impossible. The message names the field.
-    #[error("invalid configuration: {0}")]
     InvalidConfig(String),
     /// The server could not be reached or the connection broke. Retry later, or
     /// configure [`ClientConfig::retry`].
-    #[error("connection failed: {0}")]
     Connect(String),
     /// The server answered the upgrade with something other than `101`: the status,
     /// headers and body are here (a `401` or `403` means credentials are missing).
-    #[error("upgrade refused with status {status}")]
     Handshake {
         /// The HTTP status.
         status: u16,
@@ -108,20 +107,15 @@ pub enum Error {
     },
     /// The server broke the protocol during the handshake (bad accept key, an
     /// extension or subprotocol that was not offered).
-    #[error("protocol error: {0}")]
     Protocol(String),
     /// The handshake did not complete within `handshake_timeout`.
-    #[error("handshake timed out")]
     HandshakeTimeout,
     /// No message arrived within `read_timeout`. The connection stays open.
-    #[error("read timed out")]
     ReadTimeout,
     /// A write did not complete within `write_timeout`.
-    #[error("write timed out")]
     WriteTimeout,
     /// The connection was closed (by the peer, or by [`Client::close`]); this is how a
     /// normal end shows up. `code` is 1006 when it dropped without a close frame.
-    #[error("connection closed ({code}{})", if reason.is_empty() { String::new() } else { format!(": {reason}") })]
     ConnectionClosed {
         /// The close code.
         code: u16,
@@ -130,7 +124,6 @@ pub enum Error {
     },
     /// The message arrived but is not of the kind asked for (e.g. binary for
     /// `read_text`). It is consumed.
-    #[error("expected a {expected} message, got a {got} message")]
     UnexpectedMessage {
         /// What the call reads.
         expected: &'static str,
@@ -138,18 +131,15 @@ pub enum Error {
         got: &'static str,
     },
     /// The message could not be bound to (or from) the requested type.
-    #[error("data binding failed: {0}")]
     Binding(String),
     /// The operation or configured feature is not available on this target (usually
     /// the browser). The message names it.
-    #[error("{0} is not supported on this target")]
     Unsupported(&'static str),
     /// No OAuth2 access token could be had ([`ClientAuth::OAuth2`]), so no upgrade was
     /// attempted. `status` is the endpoint's HTTP status (`None`: it could not be
     /// reached), `error` its OAuth2 error code: `invalid_client` means fix the client
     /// id or secret, `invalid_grant` the password or refresh token. With `retry`,
     /// only an unreachable endpoint or a 5xx is retried.
-    #[error("OAuth2 token endpoint {url} {}", token_failure(*status, error, description))]
     TokenEndpoint {
         /// The token endpoint.
         url: String,
@@ -162,16 +152,89 @@ pub enum Error {
     },
 }
 
-fn token_failure(status: Option<u16>, error: &str, description: &str) -> String {
-    let Some(status) = status else {
-        return format!("failed: {description}");
-    };
-    match (error.is_empty(), description.is_empty()) {
-        (true, true) => format!("answered {status}"),
-        (true, false) => format!("answered {status}: {description}"),
-        (false, true) => format!("answered {status}: {error}"),
-        (false, false) => format!("answered {status}: {error} ({description})"),
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message())
     }
+}
+
+impl Error {
+    /// The `Display` text.
+    pub(crate) fn message(&self) -> String {
+        match self {
+            Error::InvalidUrl { url, reason } => {
+                ["invalid WebSocket URL \"", url, "\": ", reason].concat()
+            }
+            Error::InvalidConfig(what) => ["invalid configuration: ", what].concat(),
+            Error::Connect(what) => ["connection failed: ", what].concat(),
+            Error::Handshake { status, .. } => {
+                ["upgrade refused with status ", &decimal(*status)].concat()
+            }
+            Error::Protocol(what) => ["protocol error: ", what].concat(),
+            Error::HandshakeTimeout => "handshake timed out".to_owned(),
+            Error::ReadTimeout => "read timed out".to_owned(),
+            Error::WriteTimeout => "write timed out".to_owned(),
+            Error::ConnectionClosed { code, reason } => {
+                ["connection closed (", &close_text(*code, reason), ")"].concat()
+            }
+            Error::UnexpectedMessage { expected, got } => {
+                ["expected a ", expected, " message, got a ", got, " message"].concat()
+            }
+            Error::Binding(what) => ["data binding failed: ", what].concat(),
+            Error::Unsupported(what) => [what, " is not supported on this target"].concat(),
+            Error::TokenEndpoint {
+                url,
+                status,
+                error,
+                description,
+            } => {
+                let outcome = match (status, error.is_empty(), description.is_empty()) {
+                    (None, ..) => ["failed: ", description].concat(),
+                    (Some(status), true, true) => ["answered ", &decimal(*status)].concat(),
+                    (Some(status), true, false) => {
+                        ["answered ", &decimal(*status), ": ", description].concat()
+                    }
+                    (Some(status), false, true) => {
+                        ["answered ", &decimal(*status), ": ", error].concat()
+                    }
+                    (Some(status), false, false) => [
+                        "answered ",
+                        &decimal(*status),
+                        ": ",
+                        error,
+                        " (",
+                        description,
+                        ")",
+                    ]
+                    .concat(),
+                };
+                ["OAuth2 token endpoint ", url, " ", &outcome].concat()
+            }
+        }
+    }
+}
+
+/// A close code and reason as messages show them: `1000` or `4000: bye`.
+pub(crate) fn close_text(code: u16, reason: &str) -> String {
+    if reason.is_empty() {
+        decimal(code)
+    } else {
+        [&decimal(code), ": ", reason].concat()
+    }
+}
+
+/// `n` in decimal, without `core::fmt`.
+pub(crate) fn decimal(n: u16) -> String {
+    let mut text = String::with_capacity(5);
+    let mut place = 10_000;
+    while place > 1 && n < place {
+        place /= 10;
+    }
+    while place > 0 {
+        text.push(char::from(b'0' + (n / place % 10) as u8));
+        place /= 10;
+    }
+    text
 }
 
 fn kind(message: &Message) -> &'static str {
@@ -496,9 +559,9 @@ fn check_subprotocols(subprotocols: &[String]) -> Result<()> {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
         if !token {
-            return Err(Error::InvalidConfig(format!(
-                "subprotocols: \"{protocol}\" is not a valid token"
-            )));
+            return Err(Error::InvalidConfig(
+                ["subprotocols: \"", protocol, "\" is not a valid token"].concat(),
+            ));
         }
     }
     Ok(())
@@ -733,7 +796,7 @@ fn split_url(
     let target = if target.starts_with('/') {
         target.to_owned()
     } else {
-        format!("/{target}")
+        ["/", target].concat()
     };
     Ok(WsUrl {
         raw: raw.to_owned(),
@@ -834,6 +897,32 @@ mod tests {
         assert_eq!(
             error.to_string(),
             "OAuth2 token endpoint http://127.0.0.1:1/token failed: connection refused"
+        );
+    }
+
+    #[test]
+    fn messages_are_written_without_core_fmt() {
+        for n in [0, 7, 10, 99, 1000, 1006, 4999, 10_000, u16::MAX] {
+            assert_eq!(decimal(n), n.to_string());
+        }
+        let closed = |code, reason: &str| {
+            Error::ConnectionClosed {
+                code,
+                reason: reason.into(),
+            }
+            .to_string()
+        };
+        assert_eq!(closed(1006, ""), "connection closed (1006)");
+        assert_eq!(closed(4000, "bye"), "connection closed (4000: bye)");
+        let error = Error::Handshake {
+            status: 404,
+            headers: Vec::new(),
+            body: String::new(),
+        };
+        assert_eq!(error.to_string(), "upgrade refused with status 404");
+        assert_eq!(
+            Error::Unsupported("pings").to_string(),
+            "pings is not supported on this target"
         );
     }
 

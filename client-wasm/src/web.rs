@@ -135,14 +135,14 @@ impl Socket {
     async fn opened(&self) -> Result<()> {
         match self.next_event().await? {
             Some(Event::Open) => Ok(()),
-            Some(Event::Closed { code, reason }) => Err(Error::Connect(format!(
-                "the browser could not open the WebSocket (close {code}{})",
-                if reason.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {reason}")
-                }
-            ))),
+            Some(Event::Closed { code, reason }) => Err(Error::Connect(
+                [
+                    "the browser could not open the WebSocket (close ",
+                    &crate::close_text(code, &reason),
+                    ")",
+                ]
+                .concat(),
+            )),
             _ => Err(Error::Connect(
                 "the browser could not open the WebSocket".into(),
             )),
@@ -457,7 +457,8 @@ impl Shared {
     }
 }
 
-fn describe(value: &wasm_bindgen::JsValue) -> String {
+/// What a thrown JavaScript value says: an `Error`'s message, or the value as a string.
+pub(crate) fn describe(value: &wasm_bindgen::JsValue) -> String {
     value
         .dyn_ref::<js_sys::Error>()
         .map(|e| String::from(e.message()))
