@@ -3,13 +3,14 @@
 //! The browser owns the handshake, pings, frame limits and TLS; configuration the
 //! browser cannot honour is refused with [`Error::Unsupported`] at connect time.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::{Future, poll_fn};
+use std::pin::pin;
 use std::rc::Rc;
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use futures_channel::mpsc;
-use futures_util::StreamExt;
-use futures_util::future::{Either, select};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::closure::Closure;
 use web_sys::{BinaryType, CloseEvent, MessageEvent, WebSocket};
@@ -40,21 +41,41 @@ pub(crate) struct Settings {
     pub(crate) retry: Option<RetryConfig>,
 }
 
-/// What the socket's event handlers report.
+/// What the socket's handlers have seen and the reader has not taken yet. (A queue
+/// and a waker rather than a futures channel: the browser is single-threaded, and the
+/// channel's atomics and node queue would double this part of the bundle.)
+#[derive(Default)]
+struct Inbox {
+    opened: bool,
+    messages: VecDeque<Message>,
+    /// The close event's code and reason, once the browser has fired it.
+    closed: Option<(u16, String)>,
+    /// The reader waiting for one of the above.
+    waker: Option<Waker>,
+}
+
+impl Inbox {
+    fn wake(&mut self) {
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+}
+
+/// What the reader takes from the inbox, in the order the browser reported it.
 enum Event {
     Open,
     Message(Message),
-    Closed { code: u16, reason: String },
+    Closed(u16, String),
 }
 
 /// One browser `WebSocket` with its handlers. Dropping it closes the socket and removes
 /// the handlers.
 pub(crate) struct Socket {
     ws: WebSocket,
-    events: RefCell<mpsc::UnboundedReceiver<Event>>,
-    /// The close event, once the browser has fired it (set by the handler, so a
-    /// closing call need not compete with a pending read for the event channel).
-    close_event: Rc<RefCell<Option<(u16, String)>>>,
+    inbox: Rc<RefCell<Inbox>>,
+    /// Whether a read is waiting on the inbox: a second one is refused.
+    reading: Cell<bool>,
     _on_open: Closure<dyn FnMut(web_sys::Event)>,
     _on_message: Closure<dyn FnMut(MessageEvent)>,
     _on_close: Closure<dyn FnMut(CloseEvent)>,
@@ -70,6 +91,15 @@ impl Drop for Socket {
     }
 }
 
+/// Clears [`Socket::reading`] when the read ends or is cancelled.
+struct Reading<'a>(&'a Cell<bool>);
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
+}
+
 impl Socket {
     fn open(url: &WsUrl, config: &Settings) -> Result<Self> {
         let protocols = js_sys::Array::new();
@@ -79,14 +109,16 @@ impl Socket {
         let ws = WebSocket::new_with_str_sequence(url.as_str(), &protocols)
             .map_err(|e| Error::Connect(describe(&e)))?;
         ws.set_binary_type(BinaryType::Arraybuffer);
-        // The browser buffers what arrives; this channel only hands it to the reader.
-        let (sender, events) = mpsc::unbounded();
+        // The browser buffers what arrives; the inbox only hands it to the reader.
+        let inbox = Rc::new(RefCell::new(Inbox::default()));
 
-        let tx = sender.clone();
+        let seen = inbox.clone();
         let on_open = Closure::<dyn FnMut(web_sys::Event)>::new(move |_| {
-            let _ = tx.unbounded_send(Event::Open);
+            let mut inbox = seen.borrow_mut();
+            inbox.opened = true;
+            inbox.wake();
         });
-        let tx = sender.clone();
+        let seen = inbox.clone();
         let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
             let data = event.data();
             let message = if let Some(text) = data.as_string() {
@@ -96,46 +128,62 @@ impl Socket {
             } else {
                 return;
             };
-            let _ = tx.unbounded_send(Event::Message(message));
+            let mut inbox = seen.borrow_mut();
+            inbox.messages.push_back(message);
+            inbox.wake();
         });
-        let tx = sender;
-        let close_event = Rc::new(RefCell::new(None));
-        let seen = close_event.clone();
+        let seen = inbox.clone();
         let on_close = Closure::<dyn FnMut(CloseEvent)>::new(move |event: CloseEvent| {
-            *seen.borrow_mut() = Some((event.code(), event.reason()));
-            let _ = tx.unbounded_send(Event::Closed {
-                code: event.code(),
-                reason: event.reason(),
-            });
+            let mut inbox = seen.borrow_mut();
+            inbox.closed = Some((event.code(), event.reason()));
+            inbox.wake();
         });
         ws.set_onopen(Some(on_open.as_ref().unchecked_ref()));
         ws.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
         ws.set_onclose(Some(on_close.as_ref().unchecked_ref()));
         Ok(Self {
             ws,
-            events: RefCell::new(events),
-            close_event,
+            inbox,
+            reading: Cell::new(false),
             _on_open: on_open,
             _on_message: on_message,
             _on_close: on_close,
         })
     }
 
-    #[expect(
-        clippy::await_holding_refcell_ref,
-        reason = "the borrow is the reader's lock: a second reader gets an error, not a panic"
-    )]
-    async fn next_event(&self) -> Result<Option<Event>> {
-        let Ok(mut events) = self.events.try_borrow_mut() else {
+    /// What the browser reported next: the opening, then the messages, then the close
+    /// (again on every later call).
+    async fn next_event(&self) -> Result<Event> {
+        if self.reading.replace(true) {
             return Err(Error::Unsupported("a second read while one is pending"));
-        };
-        Ok(events.next().await)
+        }
+        let _reading = Reading(&self.reading);
+        poll_fn(|cx| {
+            let mut inbox = self.inbox.borrow_mut();
+            if inbox.opened {
+                inbox.opened = false;
+                return Poll::Ready(Ok(Event::Open));
+            }
+            if let Some(message) = inbox.messages.pop_front() {
+                return Poll::Ready(Ok(Event::Message(message)));
+            }
+            if let Some((code, reason)) = inbox.closed.clone() {
+                return Poll::Ready(Ok(Event::Closed(code, reason)));
+            }
+            inbox.waker = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// The close event, once the browser has fired it.
+    fn close_event(&self) -> Option<(u16, String)> {
+        self.inbox.borrow().closed.clone()
     }
 
     async fn opened(&self) -> Result<()> {
         match self.next_event().await? {
-            Some(Event::Open) => Ok(()),
-            Some(Event::Closed { code, reason }) => Err(Error::Connect(
+            Event::Closed(code, reason) => Err(Error::Connect(
                 [
                     "the browser could not open the WebSocket (close ",
                     &crate::close_text(code, &reason),
@@ -143,9 +191,7 @@ impl Socket {
                 ]
                 .concat(),
             )),
-            _ => Err(Error::Connect(
-                "the browser could not open the WebSocket".into(),
-            )),
+            _ => Ok(()),
         }
     }
 }
@@ -219,25 +265,80 @@ fn check_supported(config: &ClientConfig) -> Result<()> {
     Ok(())
 }
 
-async fn sleep(duration: Duration) {
-    gloo_timers::future::sleep(duration).await;
+#[wasm_bindgen::prelude::wasm_bindgen]
+extern "C" {
+    #[wasm_bindgen(js_name = setTimeout)]
+    fn set_timeout(handler: &js_sys::Function, millis: f64) -> wasm_bindgen::JsValue;
+    #[wasm_bindgen(js_name = clearTimeout)]
+    fn clear_timeout(id: &wasm_bindgen::JsValue);
+}
+
+/// A `setTimeout` as a future; dropping it clears the timeout. (gloo-timers does the
+/// same through a futures oneshot channel, which costs the bundle a kilobyte more.)
+struct Sleep {
+    id: wasm_bindgen::JsValue,
+    /// Whether it fired, and the task waiting for it.
+    state: Rc<RefCell<(bool, Option<Waker>)>>,
+    _callback: Closure<dyn FnMut()>,
+}
+
+impl Future for Sleep {
+    type Output = ();
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let mut state = self.state.borrow_mut();
+        if state.0 {
+            return Poll::Ready(());
+        }
+        state.1 = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl Drop for Sleep {
+    fn drop(&mut self) {
+        clear_timeout(&self.id);
+    }
+}
+
+/// Sleeps for `duration` (at most `i32::MAX` milliseconds, about 24 days: browsers
+/// fire longer timeouts at once).
+fn sleep(duration: Duration) -> Sleep {
+    let state = Rc::new(RefCell::new((false, None::<Waker>)));
+    let fired = state.clone();
+    let callback = Closure::<dyn FnMut()>::new(move || {
+        let mut fired = fired.borrow_mut();
+        fired.0 = true;
+        if let Some(waker) = fired.1.take() {
+            waker.wake();
+        }
+    });
+    let millis = (duration.as_secs_f64() * 1000.0).min(f64::from(i32::MAX));
+    Sleep {
+        id: set_timeout(callback.as_ref().unchecked_ref(), millis),
+        state,
+        _callback: callback,
+    }
 }
 
 /// Runs `future`, failing with `timeout_error` after `limit`.
 async fn with_timeout<T>(
     limit: Option<Duration>,
-    future: impl std::future::Future<Output = Result<T>>,
+    future: impl Future<Output = Result<T>>,
     timeout_error: fn() -> Error,
 ) -> Result<T> {
     let Some(limit) = limit else {
         return future.await;
     };
-    let future = std::pin::pin!(future);
-    let timer = std::pin::pin!(sleep(limit));
-    match select(future, timer).await {
-        Either::Left((result, _)) => result,
-        Either::Right(_) => Err(timeout_error()),
-    }
+    let mut future = pin!(future);
+    let mut timer = pin!(sleep(limit));
+    poll_fn(|cx| {
+        if let Poll::Ready(result) = future.as_mut().poll(cx) {
+            return Poll::Ready(result);
+        }
+        timer.as_mut().poll(cx).map(|()| Err(timeout_error()))
+    })
+    .await
 }
 
 async fn open_with_retry(url: &WsUrl, config: &Settings) -> Result<Socket> {
@@ -411,10 +512,9 @@ impl Shared {
             })
             .await?;
             match event {
-                Some(Event::Message(message)) => return Ok(message),
-                Some(Event::Open) => {}
-                Some(Event::Closed { code, reason }) => self.recover(code, reason).await?,
-                None => self.recover(1006, String::new()).await?,
+                Event::Message(message) => return Ok(message),
+                Event::Open => {}
+                Event::Closed(code, reason) => self.recover(code, reason).await?,
             }
         }
     }
@@ -442,7 +542,7 @@ impl Shared {
         // is awaited here.
         let wait = async {
             loop {
-                if let Some(event) = socket.close_event.borrow().clone() {
+                if let Some(event) = socket.close_event() {
                     return Ok(event);
                 }
                 sleep(DRAIN_POLL).await;
