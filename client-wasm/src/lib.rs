@@ -73,6 +73,15 @@ pub use auth::{
     JwtIssuerConfig, JwtSigningKey, OAuth2Config, OAuth2Grant,
 };
 
+/// The browser bundle's allocator: see the `talc-allocator` feature.
+#[cfg(all(
+    feature = "talc-allocator",
+    target_arch = "wasm32",
+    not(target_feature = "atomics")
+))]
+#[global_allocator]
+static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
+
 /// The result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
