@@ -741,56 +741,68 @@ impl WsUrl {
 }
 
 fn parse_url(raw: &str) -> Result<WsUrl> {
-    split_url(raw, |scheme| match scheme {
-        "ws" => Ok(false),
-        "wss" => Ok(true),
-        _ => Err("the scheme must be ws or wss"),
-    })
-    .map_err(|reason| Error::InvalidUrl {
-        url: raw.to_owned(),
-        reason: reason.to_owned(),
+    split_url(raw, ["ws", "wss"], "the scheme must be ws or wss").map_err(|reason| {
+        Error::InvalidUrl {
+            url: raw.to_owned(),
+            reason: reason.to_owned(),
+        }
     })
 }
 
 /// An `http://` or `https://` URL (an OAuth2 token endpoint), in the same form.
 pub(crate) fn parse_http_url(raw: &str) -> Result<WsUrl, &'static str> {
-    split_url(raw, |scheme| match scheme {
-        "http" => Ok(false),
-        "https" => Ok(true),
-        _ => Err("the scheme must be http or https"),
-    })
+    split_url(raw, ["http", "https"], "the scheme must be http or https")
 }
 
-/// Splits `raw`; `secure` says whether a (lower-case) scheme means TLS.
+/// Splits `raw`, whose scheme must be `schemes[0]` (plain) or `schemes[1]` (TLS), in
+/// any case.
+///
+/// Byte by byte: every delimiter is ASCII, so each index found is a char boundary and
+/// `get` cannot fail. `&str` searchers, `split_at` and `parse` would pull UTF-8
+/// decoding, core's char-boundary panic and its `Debug` formatting into the browser
+/// bundle, where they made up a third of the JavaScript class's `connect`.
 fn split_url(
     raw: &str,
-    secure: impl Fn(&str) -> Result<bool, &'static str>,
+    schemes: [&str; 2],
+    wrong_scheme: &'static str,
 ) -> Result<WsUrl, &'static str> {
-    // Split on a `char` and strip a prefix: a `&str` searcher could panic, and that
-    // would pull core's char-boundary panic message (and its `Debug` formatting) into
-    // the browser bundle; so could `split_at`, hence `split_at_checked` below.
-    let (scheme, rest) = raw
-        .split_once(':')
-        .and_then(|(scheme, rest)| Some((scheme, rest.strip_prefix("//")?)))
-        .ok_or("no scheme")?;
-    let secure = secure(&scheme.to_ascii_lowercase())?;
-    if rest.contains('#') {
+    let part = |from: usize, to: usize| raw.get(from..to).unwrap_or_default();
+    let bytes = raw.as_bytes();
+    let colon = position(bytes, b":").ok_or("no scheme")?;
+    let start = colon + 3;
+    if bytes.get(colon..start) != Some(b"://") {
+        return Err("no scheme");
+    }
+    let scheme = part(0, colon);
+    let secure = if scheme.eq_ignore_ascii_case(schemes[0]) {
+        false
+    } else if scheme.eq_ignore_ascii_case(schemes[1]) {
+        true
+    } else {
+        return Err(wrong_scheme);
+    };
+    let rest = bytes.get(start..).unwrap_or_default();
+    if rest.contains(&b'#') {
         return Err("a fragment is not allowed");
     }
-    if rest.contains(|c: char| c.is_ascii_whitespace() || c.is_ascii_control()) {
+    if rest
+        .iter()
+        .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    {
         return Err("spaces and control characters must be percent-encoded");
     }
-    let split = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, target) = rest.split_at_checked(split).unwrap_or((rest, ""));
+    let end = start + position(rest, b"/?").unwrap_or(rest.len());
+    let authority = part(start, end);
     if authority.contains('@') {
         return Err("credentials in the URL are not supported; use `auth`");
     }
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (host, after) = v6.split_once(']').ok_or("unclosed IPv6 bracket")?;
-        (host, after.strip_prefix(':'))
+    let (host, port) = if authority.starts_with('[') {
+        let close = start + position(authority.as_bytes(), b"]").ok_or("unclosed IPv6 bracket")?;
+        let port = (bytes.get(close + 1) == Some(&b':')).then(|| part(close + 2, end));
+        (part(start + 1, close), port)
     } else {
-        match authority.rsplit_once(':') {
-            Some((host, port)) => (host, Some(port)),
+        match authority.bytes().rposition(|b| b == b':') {
+            Some(i) => (part(start, start + i), Some(part(start + i + 1, end))),
             None => (authority, None),
         }
     };
@@ -798,10 +810,11 @@ fn split_url(
         return Err("no host");
     }
     let port = match port {
-        Some(port) => port.parse().map_err(|_| "bad port")?,
+        Some(port) => decimal_port(port).ok_or("bad port")?,
         None if secure => 443,
         None => 80,
     };
+    let target = part(end, raw.len());
     let target = if target.starts_with('/') {
         target.to_owned()
     } else {
@@ -814,6 +827,24 @@ fn split_url(
         host: host.to_owned(),
         port,
         target,
+    })
+}
+
+/// The index of the first byte of `bytes` that is one of `any`.
+fn position(bytes: &[u8], any: &[u8]) -> Option<usize> {
+    bytes.iter().position(|b| any.contains(b))
+}
+
+/// A port number: one to five digits, at most 65535.
+fn decimal_port(digits: &str) -> Option<u16> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.bytes().try_fold(0_u16, |port, digit| {
+        if !digit.is_ascii_digit() {
+            return None;
+        }
+        port.checked_mul(10)?.checked_add(u16::from(digit - b'0'))
     })
 }
 
