@@ -307,7 +307,12 @@ impl RetryConfig {
             .back_off_factor
             .max(1.0)
             .powi(attempt.saturating_sub(1) as i32);
-        self.interval.mul_f64(factor).min(self.max_wait_interval)
+        // Not `mul_f64`, which panics once the factor overflows (retrying forever):
+        // then the wait is the longest.
+        Duration::try_from_secs_f64(self.interval.as_secs_f64() * factor)
+            .map_or(self.max_wait_interval, |wait| {
+                wait.min(self.max_wait_interval)
+            })
     }
 
     fn allows(&self, attempt: u32) -> bool {
@@ -994,6 +999,9 @@ mod tests {
         assert_eq!(retry.wait(2), Duration::from_millis(200));
         assert_eq!(retry.wait(3), Duration::from_millis(300));
         assert!(retry.allows(3) && !retry.allows(4));
+        let forever =
+            RetryConfig::new(0, Duration::from_millis(100)).back_off(10.0, Duration::from_secs(30));
+        assert_eq!(forever.wait(u32::MAX), Duration::from_secs(30));
         assert!(RetryConfig::default().allows(u32::MAX));
     }
 
