@@ -33,75 +33,47 @@ export interface WsClientOptions {
 export interface CloseInfo { code: number; reason: string }
 "#;
 
-fn field(object: &JsValue, name: &str) -> Result<Option<JsValue>, Error> {
-    let value = js_sys::Reflect::get(object, &name.into())
-        .map_err(|_| Error::InvalidConfig([name, ": cannot be read"].concat()))?;
-    Ok((!value.is_undefined() && !value.is_null()).then_some(value))
+#[wasm_bindgen(module = "/src/options.js")]
+extern "C" {
+    /// The options' numbers, checked (see `options.js`).
+    #[wasm_bindgen(catch, js_name = optionNumbers)]
+    fn option_numbers(options: &JsValue) -> Result<js_sys::Float64Array, JsValue>;
+    /// The options' subprotocols, checked.
+    #[wasm_bindgen(catch, js_name = optionSubprotocols)]
+    fn option_subprotocols(options: &JsValue) -> Result<js_sys::Array, JsValue>;
 }
 
-fn number(object: &JsValue, name: &str) -> Result<Option<f64>, Error> {
-    match field(object, name)? {
-        None => Ok(None),
-        Some(value) => match value.as_f64() {
-            Some(n) if n.is_finite() && n >= 0.0 => Ok(Some(n)),
-            _ => Err(Error::InvalidConfig(
-                [name, ": must be a number, 0 or more"].concat(),
-            )),
-        },
-    }
-}
-
-fn u32_field(object: &JsValue, name: &str) -> Result<Option<u32>, Error> {
-    Ok(number(object, name)?.map(|n| n.min(f64::from(u32::MAX)) as u32))
-}
-
-/// `WsClientOptions`, read field by field (a serde bridge would double the bundle) into
-/// the browser backend's settings.
-fn settings(value: &JsValue) -> Result<Settings, Error> {
-    if value.is_undefined() || value.is_null() {
-        return Ok(Settings::default());
-    }
-    if !value.is_object() {
-        return Err(Error::InvalidConfig("options: must be an object".into()));
-    }
-    let subprotocols = match field(value, "subprotocols")? {
-        None => Vec::new(),
-        Some(list) if js_sys::Array::is_array(&list) => js_sys::Array::from(&list)
-            .iter()
-            .map(|p| {
-                p.as_string()
-                    .ok_or_else(|| Error::InvalidConfig("subprotocols: must be strings".into()))
-            })
-            .collect::<Result<_, _>>()?,
-        Some(_) => {
-            return Err(Error::InvalidConfig(
-                "subprotocols: must be an array".into(),
-            ));
-        }
-    };
-    let retry = match field(value, "retry")? {
-        None => None,
-        Some(retry) => {
-            let defaults = RetryConfig::default();
-            let max_count = u32_field(&retry, "maxCount")?.unwrap_or(0);
-            let interval = duration_field(&retry, "intervalMs")?.unwrap_or(defaults.interval);
-            let factor = number(&retry, "backOffFactor")?.unwrap_or(defaults.back_off_factor);
-            let max_wait =
-                duration_field(&retry, "maxWaitIntervalMs")?.unwrap_or(defaults.max_wait_interval);
-            Some(RetryConfig::new(max_count, interval).back_off(factor, max_wait))
-        }
-    };
+/// `WsClientOptions` as the browser backend's settings. JavaScript checks and flattens
+/// them: reading them here field by field (or through serde) would cost the bundle
+/// kilobytes.
+fn settings(options: &JsValue) -> Result<Settings, Error> {
+    let invalid = |e: JsValue| Error::InvalidConfig(describe(&e));
+    let numbers = option_numbers(options).map_err(invalid)?;
+    // The positions `optionNumbers` documents; NaN where a field is absent.
+    let number = |i| Some(numbers.get_index(i)).filter(|n| !n.is_nan());
+    let whole = |i| number(i).map(|n| n.min(f64::from(u32::MAX)) as u32);
+    let duration = |i| whole(i).map(millis);
+    let retry = number(3).map(|_| {
+        let defaults = RetryConfig::default();
+        RetryConfig::new(
+            whole(4).unwrap_or(0),
+            duration(5).unwrap_or(defaults.interval),
+        )
+        .back_off(
+            number(6).unwrap_or(defaults.back_off_factor),
+            duration(7).unwrap_or(defaults.max_wait_interval),
+        )
+    });
     Ok(Settings {
-        subprotocols,
-        read_timeout: duration_field(value, "readTimeoutMs")?,
-        write_timeout: duration_field(value, "writeTimeoutMs")?,
-        handshake_timeout: duration_field(value, "handshakeTimeoutMs")?,
+        // Strings, as `optionSubprotocols` checked.
+        subprotocols: (option_subprotocols(options).map_err(invalid)?.iter())
+            .map(|p| p.as_string().unwrap_or_default())
+            .collect(),
+        read_timeout: duration(0),
+        write_timeout: duration(1),
+        handshake_timeout: duration(2),
         retry,
     })
-}
-
-fn duration_field(object: &JsValue, name: &str) -> Result<Option<Duration>, Error> {
-    Ok(u32_field(object, name)?.map(millis))
 }
 
 fn millis(ms: u32) -> Duration {
