@@ -306,7 +306,7 @@ impl RetryConfig {
         let factor = self
             .back_off_factor
             .max(1.0)
-            .powi(attempt.saturating_sub(1) as i32);
+            .powi(i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX));
         // Not `mul_f64`, which panics once the factor overflows (retrying forever):
         // then the wait is the longest.
         Duration::try_from_secs_f64(self.interval.as_secs_f64() * factor)
@@ -1001,6 +1001,7 @@ mod tests {
         assert!(retry.allows(3) && !retry.allows(4));
         let forever =
             RetryConfig::new(0, Duration::from_millis(100)).back_off(10.0, Duration::from_secs(30));
+        assert_eq!(forever.wait(400), Duration::from_secs(30));
         assert_eq!(forever.wait(u32::MAX), Duration::from_secs(30));
         assert!(RetryConfig::default().allows(u32::MAX));
     }
