@@ -73,15 +73,26 @@ pub use auth::{
     JwtIssuerConfig, JwtSigningKey, OAuth2Config, OAuth2Grant,
 };
 
+/// The browser bundle's allocator: see the `talc-allocator` feature.
+#[cfg(all(
+    feature = "talc-allocator",
+    target_arch = "wasm32",
+    not(target_feature = "atomics")
+))]
+#[global_allocator]
+static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
+
 /// The result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything a client operation can fail with.
+///
+/// `Display` is written by hand, without `core::fmt`'s argument formatting, which would
+/// otherwise make up much of the browser bundle.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The URL is not a valid `ws://` or `wss://` URL. Fix the URL.
-    #[error("invalid WebSocket URL \"{url}\": {reason}")]
     InvalidUrl {
         /// The URL given.
         url: String,
@@ -89,15 +100,12 @@ pub enum Error {
         reason: String,
     },
     /// The configuration asks for something impossible. The message names the field.
-    #[error("invalid configuration: {0}")]
     InvalidConfig(String),
     /// The server could not be reached or the connection broke. Retry later, or
     /// configure [`ClientConfig::retry`].
-    #[error("connection failed: {0}")]
     Connect(String),
     /// The server answered the upgrade with something other than `101`: the status,
     /// headers and body are here (a `401` or `403` means credentials are missing).
-    #[error("upgrade refused with status {status}")]
     Handshake {
         /// The HTTP status.
         status: u16,
@@ -108,20 +116,15 @@ pub enum Error {
     },
     /// The server broke the protocol during the handshake (bad accept key, an
     /// extension or subprotocol that was not offered).
-    #[error("protocol error: {0}")]
     Protocol(String),
     /// The handshake did not complete within `handshake_timeout`.
-    #[error("handshake timed out")]
     HandshakeTimeout,
     /// No message arrived within `read_timeout`. The connection stays open.
-    #[error("read timed out")]
     ReadTimeout,
     /// A write did not complete within `write_timeout`.
-    #[error("write timed out")]
     WriteTimeout,
     /// The connection was closed (by the peer, or by [`Client::close`]); this is how a
     /// normal end shows up. `code` is 1006 when it dropped without a close frame.
-    #[error("connection closed ({code}{})", if reason.is_empty() { String::new() } else { format!(": {reason}") })]
     ConnectionClosed {
         /// The close code.
         code: u16,
@@ -130,7 +133,6 @@ pub enum Error {
     },
     /// The message arrived but is not of the kind asked for (e.g. binary for
     /// `read_text`). It is consumed.
-    #[error("expected a {expected} message, got a {got} message")]
     UnexpectedMessage {
         /// What the call reads.
         expected: &'static str,
@@ -138,18 +140,15 @@ pub enum Error {
         got: &'static str,
     },
     /// The message could not be bound to (or from) the requested type.
-    #[error("data binding failed: {0}")]
     Binding(String),
     /// The operation or configured feature is not available on this target (usually
     /// the browser). The message names it.
-    #[error("{0} is not supported on this target")]
     Unsupported(&'static str),
     /// No OAuth2 access token could be had ([`ClientAuth::OAuth2`]), so no upgrade was
     /// attempted. `status` is the endpoint's HTTP status (`None`: it could not be
     /// reached), `error` its OAuth2 error code: `invalid_client` means fix the client
     /// id or secret, `invalid_grant` the password or refresh token. With `retry`,
     /// only an unreachable endpoint or a 5xx is retried.
-    #[error("OAuth2 token endpoint {url} {}", token_failure(*status, error, description))]
     TokenEndpoint {
         /// The token endpoint.
         url: String,
@@ -162,16 +161,89 @@ pub enum Error {
     },
 }
 
-fn token_failure(status: Option<u16>, error: &str, description: &str) -> String {
-    let Some(status) = status else {
-        return format!("failed: {description}");
-    };
-    match (error.is_empty(), description.is_empty()) {
-        (true, true) => format!("answered {status}"),
-        (true, false) => format!("answered {status}: {description}"),
-        (false, true) => format!("answered {status}: {error}"),
-        (false, false) => format!("answered {status}: {error} ({description})"),
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message())
     }
+}
+
+impl Error {
+    /// The `Display` text.
+    pub(crate) fn message(&self) -> String {
+        match self {
+            Error::InvalidUrl { url, reason } => {
+                ["invalid WebSocket URL \"", url, "\": ", reason].concat()
+            }
+            Error::InvalidConfig(what) => ["invalid configuration: ", what].concat(),
+            Error::Connect(what) => ["connection failed: ", what].concat(),
+            Error::Handshake { status, .. } => {
+                ["upgrade refused with status ", &decimal(*status)].concat()
+            }
+            Error::Protocol(what) => ["protocol error: ", what].concat(),
+            Error::HandshakeTimeout => "handshake timed out".to_owned(),
+            Error::ReadTimeout => "read timed out".to_owned(),
+            Error::WriteTimeout => "write timed out".to_owned(),
+            Error::ConnectionClosed { code, reason } => {
+                ["connection closed (", &close_text(*code, reason), ")"].concat()
+            }
+            Error::UnexpectedMessage { expected, got } => {
+                ["expected a ", expected, " message, got a ", got, " message"].concat()
+            }
+            Error::Binding(what) => ["data binding failed: ", what].concat(),
+            Error::Unsupported(what) => [what, " is not supported on this target"].concat(),
+            Error::TokenEndpoint {
+                url,
+                status,
+                error,
+                description,
+            } => {
+                let outcome = match (status, error.is_empty(), description.is_empty()) {
+                    (None, ..) => ["failed: ", description].concat(),
+                    (Some(status), true, true) => ["answered ", &decimal(*status)].concat(),
+                    (Some(status), true, false) => {
+                        ["answered ", &decimal(*status), ": ", description].concat()
+                    }
+                    (Some(status), false, true) => {
+                        ["answered ", &decimal(*status), ": ", error].concat()
+                    }
+                    (Some(status), false, false) => [
+                        "answered ",
+                        &decimal(*status),
+                        ": ",
+                        error,
+                        " (",
+                        description,
+                        ")",
+                    ]
+                    .concat(),
+                };
+                ["OAuth2 token endpoint ", url, " ", &outcome].concat()
+            }
+        }
+    }
+}
+
+/// A close code and reason as messages show them: `1000` or `4000: bye`.
+pub(crate) fn close_text(code: u16, reason: &str) -> String {
+    if reason.is_empty() {
+        decimal(code)
+    } else {
+        [&decimal(code), ": ", reason].concat()
+    }
+}
+
+/// `n` in decimal, without `core::fmt`.
+pub(crate) fn decimal(n: u16) -> String {
+    let mut text = String::with_capacity(5);
+    let mut place = 10_000;
+    while place > 1 && n < place {
+        place /= 10;
+    }
+    while place > 0 {
+        text.push(char::from(b'0' + (n / place % 10) as u8));
+        place /= 10;
+    }
+    text
 }
 
 fn kind(message: &Message) -> &'static str {
@@ -234,8 +306,13 @@ impl RetryConfig {
         let factor = self
             .back_off_factor
             .max(1.0)
-            .powi(attempt.saturating_sub(1) as i32);
-        self.interval.mul_f64(factor).min(self.max_wait_interval)
+            .powi(i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX));
+        // Not `mul_f64`, which panics once the factor overflows (retrying forever):
+        // then the wait is the longest.
+        Duration::try_from_secs_f64(self.interval.as_secs_f64() * factor)
+            .map_or(self.max_wait_interval, |wait| {
+                wait.min(self.max_wait_interval)
+            })
     }
 
     fn allows(&self, attempt: u32) -> bool {
@@ -475,17 +552,7 @@ impl ClientConfig {
     }
 
     fn validate(&self) -> Result<()> {
-        for protocol in &self.subprotocols {
-            let token = !protocol.is_empty()
-                && protocol
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-            if !token {
-                return Err(Error::InvalidConfig(format!(
-                    "subprotocols: \"{protocol}\" is not a valid token"
-                )));
-            }
-        }
+        check_subprotocols(&self.subprotocols)?;
         if self.max_frame_size == Some(0) {
             return Err(Error::InvalidConfig(
                 "max_frame_size: must be positive".into(),
@@ -496,6 +563,22 @@ impl ClientConfig {
         }
         Ok(())
     }
+}
+
+/// Each subprotocol must be an HTTP token.
+fn check_subprotocols(subprotocols: &[String]) -> Result<()> {
+    for protocol in subprotocols {
+        let token = !protocol.is_empty()
+            && protocol
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !token {
+            return Err(Error::InvalidConfig(
+                ["subprotocols: \"", protocol, "\" is not a valid token"].concat(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// What the server answered to the upgrade request.
@@ -663,50 +746,68 @@ impl WsUrl {
 }
 
 fn parse_url(raw: &str) -> Result<WsUrl> {
-    split_url(raw, |scheme| match scheme {
-        "ws" => Ok(false),
-        "wss" => Ok(true),
-        _ => Err("the scheme must be ws or wss"),
-    })
-    .map_err(|reason| Error::InvalidUrl {
-        url: raw.to_owned(),
-        reason: reason.to_owned(),
+    split_url(raw, ["ws", "wss"], "the scheme must be ws or wss").map_err(|reason| {
+        Error::InvalidUrl {
+            url: raw.to_owned(),
+            reason: reason.to_owned(),
+        }
     })
 }
 
 /// An `http://` or `https://` URL (an OAuth2 token endpoint), in the same form.
 pub(crate) fn parse_http_url(raw: &str) -> Result<WsUrl, &'static str> {
-    split_url(raw, |scheme| match scheme {
-        "http" => Ok(false),
-        "https" => Ok(true),
-        _ => Err("the scheme must be http or https"),
-    })
+    split_url(raw, ["http", "https"], "the scheme must be http or https")
 }
 
-/// Splits `raw`; `secure` says whether a (lower-case) scheme means TLS.
+/// Splits `raw`, whose scheme must be `schemes[0]` (plain) or `schemes[1]` (TLS), in
+/// any case.
+///
+/// Byte by byte: every delimiter is ASCII, so each index found is a char boundary and
+/// `get` cannot fail. `&str` searchers, `split_at` and `parse` would pull UTF-8
+/// decoding, core's char-boundary panic and its `Debug` formatting into the browser
+/// bundle, where they made up a third of the JavaScript class's `connect`.
 fn split_url(
     raw: &str,
-    secure: impl Fn(&str) -> Result<bool, &'static str>,
+    schemes: [&str; 2],
+    wrong_scheme: &'static str,
 ) -> Result<WsUrl, &'static str> {
-    let (scheme, rest) = raw.split_once("://").ok_or("no scheme")?;
-    let secure = secure(&scheme.to_ascii_lowercase())?;
-    if rest.contains('#') {
+    let part = |from: usize, to: usize| raw.get(from..to).unwrap_or_default();
+    let bytes = raw.as_bytes();
+    let colon = position(bytes, b":").ok_or("no scheme")?;
+    let start = colon + 3;
+    if bytes.get(colon..start) != Some(b"://") {
+        return Err("no scheme");
+    }
+    let scheme = part(0, colon);
+    let secure = if scheme.eq_ignore_ascii_case(schemes[0]) {
+        false
+    } else if scheme.eq_ignore_ascii_case(schemes[1]) {
+        true
+    } else {
+        return Err(wrong_scheme);
+    };
+    let rest = bytes.get(start..).unwrap_or_default();
+    if rest.contains(&b'#') {
         return Err("a fragment is not allowed");
     }
-    if rest.contains(|c: char| c.is_ascii_whitespace() || c.is_ascii_control()) {
+    if rest
+        .iter()
+        .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    {
         return Err("spaces and control characters must be percent-encoded");
     }
-    let split = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, target) = rest.split_at(split);
+    let end = start + position(rest, b"/?").unwrap_or(rest.len());
+    let authority = part(start, end);
     if authority.contains('@') {
         return Err("credentials in the URL are not supported; use `auth`");
     }
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (host, after) = v6.split_once(']').ok_or("unclosed IPv6 bracket")?;
-        (host, after.strip_prefix(':'))
+    let (host, port) = if authority.starts_with('[') {
+        let close = start + position(authority.as_bytes(), b"]").ok_or("unclosed IPv6 bracket")?;
+        let port = (bytes.get(close + 1) == Some(&b':')).then(|| part(close + 2, end));
+        (part(start + 1, close), port)
     } else {
-        match authority.rsplit_once(':') {
-            Some((host, port)) => (host, Some(port)),
+        match authority.bytes().rposition(|b| b == b':') {
+            Some(i) => (part(start, start + i), Some(part(start + i + 1, end))),
             None => (authority, None),
         }
     };
@@ -714,14 +815,15 @@ fn split_url(
         return Err("no host");
     }
     let port = match port {
-        Some(port) => port.parse().map_err(|_| "bad port")?,
+        Some(port) => decimal_port(port).ok_or("bad port")?,
         None if secure => 443,
         None => 80,
     };
+    let target = part(end, raw.len());
     let target = if target.starts_with('/') {
         target.to_owned()
     } else {
-        format!("/{target}")
+        ["/", target].concat()
     };
     Ok(WsUrl {
         raw: raw.to_owned(),
@@ -730,6 +832,24 @@ fn split_url(
         host: host.to_owned(),
         port,
         target,
+    })
+}
+
+/// The index of the first byte of `bytes` that is one of `any`.
+fn position(bytes: &[u8], any: &[u8]) -> Option<usize> {
+    bytes.iter().position(|b| any.contains(b))
+}
+
+/// A port number: one to five digits, at most 65535.
+fn decimal_port(digits: &str) -> Option<u16> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.bytes().try_fold(0_u16, |port, digit| {
+        if !digit.is_ascii_digit() {
+            return None;
+        }
+        port.checked_mul(10)?.checked_add(u16::from(digit - b'0'))
     })
 }
 
@@ -826,6 +946,32 @@ mod tests {
     }
 
     #[test]
+    fn messages_are_written_without_core_fmt() {
+        for n in [0, 7, 10, 99, 1000, 1006, 4999, 10_000, u16::MAX] {
+            assert_eq!(decimal(n), n.to_string());
+        }
+        let closed = |code, reason: &str| {
+            Error::ConnectionClosed {
+                code,
+                reason: reason.into(),
+            }
+            .to_string()
+        };
+        assert_eq!(closed(1006, ""), "connection closed (1006)");
+        assert_eq!(closed(4000, "bye"), "connection closed (4000: bye)");
+        let error = Error::Handshake {
+            status: 404,
+            headers: Vec::new(),
+            body: String::new(),
+        };
+        assert_eq!(error.to_string(), "upgrade refused with status 404");
+        assert_eq!(
+            Error::Unsupported("pings").to_string(),
+            "pings is not supported on this target"
+        );
+    }
+
+    #[test]
     fn secrets_stay_out_of_debug_output() {
         let configs = [
             ClientConfig::default().auth(ClientAuth::Basic {
@@ -853,6 +999,10 @@ mod tests {
         assert_eq!(retry.wait(2), Duration::from_millis(200));
         assert_eq!(retry.wait(3), Duration::from_millis(300));
         assert!(retry.allows(3) && !retry.allows(4));
+        let forever =
+            RetryConfig::new(0, Duration::from_millis(100)).back_off(10.0, Duration::from_secs(30));
+        assert_eq!(forever.wait(400), Duration::from_secs(30));
+        assert_eq!(forever.wait(u32::MAX), Duration::from_secs(30));
         assert!(RetryConfig::default().allows(u32::MAX));
     }
 

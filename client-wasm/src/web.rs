@@ -3,18 +3,21 @@
 //! The browser owns the handshake, pings, frame limits and TLS; configuration the
 //! browser cannot honour is refused with [`Error::Unsupported`] at connect time.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::{Future, poll_fn};
+use std::pin::pin;
 use std::rc::Rc;
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use futures_channel::mpsc;
-use futures_util::StreamExt;
-use futures_util::future::{Either, select};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::closure::Closure;
 use web_sys::{BinaryType, CloseEvent, MessageEvent, WebSocket};
 
-use crate::{ClientAuth, ClientConfig, Error, HandshakeResponse, Message, Result, WsUrl};
+use crate::{
+    ClientAuth, ClientConfig, Error, HandshakeResponse, Message, Result, RetryConfig, WsUrl,
+};
 
 /// The browser has no OAuth2 token cache: configuring OAuth2 is refused at connect.
 /// (Braced, so the shared code can build it with `default()` on both targets.)
@@ -26,21 +29,53 @@ const HIGH_WATER_MARK: u32 = 1 << 20;
 /// How often a waiting write looks at `bufferedAmount` again.
 const DRAIN_POLL: Duration = Duration::from_millis(5);
 
-/// What the socket's event handlers report.
+/// What the browser honours of a [`ClientConfig`]: the rest is refused at connect. The
+/// JavaScript class builds it directly, so the native-only configuration (credentials,
+/// TLS, handlers) stays out of the browser bundle.
+#[derive(Default)]
+pub(crate) struct Settings {
+    pub(crate) subprotocols: Vec<String>,
+    pub(crate) read_timeout: Option<Duration>,
+    pub(crate) write_timeout: Option<Duration>,
+    pub(crate) handshake_timeout: Option<Duration>,
+    pub(crate) retry: Option<RetryConfig>,
+}
+
+/// What the socket's handlers have seen and the reader has not taken yet. (A queue
+/// and a waker rather than a futures channel: the browser is single-threaded, and the
+/// channel's atomics and node queue would double this part of the bundle.)
+#[derive(Default)]
+struct Inbox {
+    opened: bool,
+    messages: VecDeque<Message>,
+    /// The close event's code and reason, once the browser has fired it.
+    closed: Option<(u16, String)>,
+    /// The reader waiting for one of the above.
+    waker: Option<Waker>,
+}
+
+impl Inbox {
+    fn wake(&mut self) {
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+}
+
+/// What the reader takes from the inbox, in the order the browser reported it.
 enum Event {
     Open,
     Message(Message),
-    Closed { code: u16, reason: String },
+    Closed(u16, String),
 }
 
 /// One browser `WebSocket` with its handlers. Dropping it closes the socket and removes
 /// the handlers.
 pub(crate) struct Socket {
     ws: WebSocket,
-    events: RefCell<mpsc::UnboundedReceiver<Event>>,
-    /// The close event, once the browser has fired it (set by the handler, so a
-    /// closing call need not compete with a pending read for the event channel).
-    close_event: Rc<RefCell<Option<(u16, String)>>>,
+    inbox: Rc<RefCell<Inbox>>,
+    /// Whether a read is waiting on the inbox: a second one is refused.
+    reading: Cell<bool>,
     _on_open: Closure<dyn FnMut(web_sys::Event)>,
     _on_message: Closure<dyn FnMut(MessageEvent)>,
     _on_close: Closure<dyn FnMut(CloseEvent)>,
@@ -56,8 +91,17 @@ impl Drop for Socket {
     }
 }
 
+/// Clears [`Socket::reading`] when the read ends or is cancelled.
+struct Reading<'a>(&'a Cell<bool>);
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
+}
+
 impl Socket {
-    fn open(url: &WsUrl, config: &ClientConfig) -> Result<Self> {
+    fn open(url: &WsUrl, config: &Settings) -> Result<Self> {
         let protocols = js_sys::Array::new();
         for protocol in &config.subprotocols {
             protocols.push(&protocol.into());
@@ -65,14 +109,16 @@ impl Socket {
         let ws = WebSocket::new_with_str_sequence(url.as_str(), &protocols)
             .map_err(|e| Error::Connect(describe(&e)))?;
         ws.set_binary_type(BinaryType::Arraybuffer);
-        // The browser buffers what arrives; this channel only hands it to the reader.
-        let (sender, events) = mpsc::unbounded();
+        // The browser buffers what arrives; the inbox only hands it to the reader.
+        let inbox = Rc::new(RefCell::new(Inbox::default()));
 
-        let tx = sender.clone();
+        let seen = inbox.clone();
         let on_open = Closure::<dyn FnMut(web_sys::Event)>::new(move |_| {
-            let _ = tx.unbounded_send(Event::Open);
+            let mut inbox = seen.borrow_mut();
+            inbox.opened = true;
+            inbox.wake();
         });
-        let tx = sender.clone();
+        let seen = inbox.clone();
         let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
             let data = event.data();
             let message = if let Some(text) = data.as_string() {
@@ -82,56 +128,70 @@ impl Socket {
             } else {
                 return;
             };
-            let _ = tx.unbounded_send(Event::Message(message));
+            let mut inbox = seen.borrow_mut();
+            inbox.messages.push_back(message);
+            inbox.wake();
         });
-        let tx = sender;
-        let close_event = Rc::new(RefCell::new(None));
-        let seen = close_event.clone();
+        let seen = inbox.clone();
         let on_close = Closure::<dyn FnMut(CloseEvent)>::new(move |event: CloseEvent| {
-            *seen.borrow_mut() = Some((event.code(), event.reason()));
-            let _ = tx.unbounded_send(Event::Closed {
-                code: event.code(),
-                reason: event.reason(),
-            });
+            let mut inbox = seen.borrow_mut();
+            inbox.closed = Some((event.code(), event.reason()));
+            inbox.wake();
         });
         ws.set_onopen(Some(on_open.as_ref().unchecked_ref()));
         ws.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
         ws.set_onclose(Some(on_close.as_ref().unchecked_ref()));
         Ok(Self {
             ws,
-            events: RefCell::new(events),
-            close_event,
+            inbox,
+            reading: Cell::new(false),
             _on_open: on_open,
             _on_message: on_message,
             _on_close: on_close,
         })
     }
 
-    #[expect(
-        clippy::await_holding_refcell_ref,
-        reason = "the borrow is the reader's lock: a second reader gets an error, not a panic"
-    )]
-    async fn next_event(&self) -> Result<Option<Event>> {
-        let Ok(mut events) = self.events.try_borrow_mut() else {
+    /// What the browser reported next: the opening, then the messages, then the close
+    /// (again on every later call).
+    async fn next_event(&self) -> Result<Event> {
+        if self.reading.replace(true) {
             return Err(Error::Unsupported("a second read while one is pending"));
-        };
-        Ok(events.next().await)
+        }
+        let _reading = Reading(&self.reading);
+        poll_fn(|cx| {
+            let mut inbox = self.inbox.borrow_mut();
+            if inbox.opened {
+                inbox.opened = false;
+                return Poll::Ready(Ok(Event::Open));
+            }
+            if let Some(message) = inbox.messages.pop_front() {
+                return Poll::Ready(Ok(Event::Message(message)));
+            }
+            if let Some((code, reason)) = inbox.closed.clone() {
+                return Poll::Ready(Ok(Event::Closed(code, reason)));
+            }
+            inbox.waker = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// The close event, once the browser has fired it.
+    fn close_event(&self) -> Option<(u16, String)> {
+        self.inbox.borrow().closed.clone()
     }
 
     async fn opened(&self) -> Result<()> {
         match self.next_event().await? {
-            Some(Event::Open) => Ok(()),
-            Some(Event::Closed { code, reason }) => Err(Error::Connect(format!(
-                "the browser could not open the WebSocket (close {code}{})",
-                if reason.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {reason}")
-                }
-            ))),
-            _ => Err(Error::Connect(
-                "the browser could not open the WebSocket".into(),
+            Event::Closed(code, reason) => Err(Error::Connect(
+                [
+                    "the browser could not open the WebSocket (close ",
+                    &crate::close_text(code, &reason),
+                    ")",
+                ]
+                .concat(),
             )),
+            _ => Ok(()),
         }
     }
 }
@@ -139,7 +199,7 @@ impl Socket {
 /// The browser connection, shared by [`crate::Client`] and the JavaScript class.
 pub(crate) struct Shared {
     url: WsUrl,
-    config: ClientConfig,
+    config: Settings,
     socket: RefCell<Rc<Socket>>,
     closed: RefCell<Option<(u16, String)>>,
 }
@@ -205,28 +265,83 @@ fn check_supported(config: &ClientConfig) -> Result<()> {
     Ok(())
 }
 
-async fn sleep(duration: Duration) {
-    gloo_timers::future::sleep(duration).await;
+#[wasm_bindgen::prelude::wasm_bindgen]
+extern "C" {
+    #[wasm_bindgen(js_name = setTimeout)]
+    fn set_timeout(handler: &js_sys::Function, millis: f64) -> wasm_bindgen::JsValue;
+    #[wasm_bindgen(js_name = clearTimeout)]
+    fn clear_timeout(id: &wasm_bindgen::JsValue);
+}
+
+/// A `setTimeout` as a future; dropping it clears the timeout. (gloo-timers does the
+/// same through a futures oneshot channel, which costs the bundle a kilobyte more.)
+struct Sleep {
+    id: wasm_bindgen::JsValue,
+    /// Whether it fired, and the task waiting for it.
+    state: Rc<RefCell<(bool, Option<Waker>)>>,
+    _callback: Closure<dyn FnMut()>,
+}
+
+impl Future for Sleep {
+    type Output = ();
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let mut state = self.state.borrow_mut();
+        if state.0 {
+            return Poll::Ready(());
+        }
+        state.1 = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl Drop for Sleep {
+    fn drop(&mut self) {
+        clear_timeout(&self.id);
+    }
+}
+
+/// Sleeps for `duration` (at most `i32::MAX` milliseconds, about 24 days: browsers
+/// fire longer timeouts at once).
+fn sleep(duration: Duration) -> Sleep {
+    let state = Rc::new(RefCell::new((false, None::<Waker>)));
+    let fired = state.clone();
+    let callback = Closure::<dyn FnMut()>::new(move || {
+        let mut fired = fired.borrow_mut();
+        fired.0 = true;
+        if let Some(waker) = fired.1.take() {
+            waker.wake();
+        }
+    });
+    let millis = (duration.as_secs_f64() * 1000.0).min(f64::from(i32::MAX));
+    Sleep {
+        id: set_timeout(callback.as_ref().unchecked_ref(), millis),
+        state,
+        _callback: callback,
+    }
 }
 
 /// Runs `future`, failing with `timeout_error` after `limit`.
 async fn with_timeout<T>(
     limit: Option<Duration>,
-    future: impl std::future::Future<Output = Result<T>>,
+    future: impl Future<Output = Result<T>>,
     timeout_error: fn() -> Error,
 ) -> Result<T> {
     let Some(limit) = limit else {
         return future.await;
     };
-    let future = std::pin::pin!(future);
-    let timer = std::pin::pin!(sleep(limit));
-    match select(future, timer).await {
-        Either::Left((result, _)) => result,
-        Either::Right(_) => Err(timeout_error()),
-    }
+    let mut future = pin!(future);
+    let mut timer = pin!(sleep(limit));
+    poll_fn(|cx| {
+        if let Poll::Ready(result) = future.as_mut().poll(cx) {
+            return Poll::Ready(result);
+        }
+        timer.as_mut().poll(cx).map(|()| Err(timeout_error()))
+    })
+    .await
 }
 
-async fn open_with_retry(url: &WsUrl, config: &ClientConfig) -> Result<Socket> {
+async fn open_with_retry(url: &WsUrl, config: &Settings) -> Result<Socket> {
     let mut attempt = 0;
     loop {
         let limit = config
@@ -257,14 +372,15 @@ async fn open_with_retry(url: &WsUrl, config: &ClientConfig) -> Result<Socket> {
 impl Connection {
     pub(crate) async fn connect(url: WsUrl, config: ClientConfig) -> Result<Self> {
         check_supported(&config)?;
-        let socket = open_with_retry(&url, &config).await?;
+        let settings = Settings {
+            subprotocols: config.subprotocols,
+            read_timeout: config.read_timeout,
+            write_timeout: config.write_timeout,
+            handshake_timeout: config.handshake_timeout,
+            retry: config.retry,
+        };
         Ok(Self {
-            shared: Rc::new(Shared {
-                url,
-                config,
-                socket: RefCell::new(Rc::new(socket)),
-                closed: RefCell::new(None),
-            }),
+            shared: Shared::connect(url, settings).await?,
         })
     }
 
@@ -305,6 +421,17 @@ impl Connection {
 }
 
 impl Shared {
+    /// Opens the socket (retrying as `config.retry` says); `config` is already valid.
+    pub(crate) async fn connect(url: WsUrl, config: Settings) -> Result<Rc<Self>> {
+        let socket = open_with_retry(&url, &config).await?;
+        Ok(Rc::new(Self {
+            url,
+            config,
+            socket: RefCell::new(Rc::new(socket)),
+            closed: RefCell::new(None),
+        }))
+    }
+
     fn socket(&self) -> Rc<Socket> {
         self.socket.borrow().clone()
     }
@@ -385,10 +512,9 @@ impl Shared {
             })
             .await?;
             match event {
-                Some(Event::Message(message)) => return Ok(message),
-                Some(Event::Open) => {}
-                Some(Event::Closed { code, reason }) => self.recover(code, reason).await?,
-                None => self.recover(1006, String::new()).await?,
+                Event::Message(message) => return Ok(message),
+                Event::Open => {}
+                Event::Closed(code, reason) => self.recover(code, reason).await?,
             }
         }
     }
@@ -416,7 +542,7 @@ impl Shared {
         // is awaited here.
         let wait = async {
             loop {
-                if let Some(event) = socket.close_event.borrow().clone() {
+                if let Some(event) = socket.close_event() {
                     return Ok(event);
                 }
                 sleep(DRAIN_POLL).await;
@@ -431,7 +557,8 @@ impl Shared {
     }
 }
 
-fn describe(value: &wasm_bindgen::JsValue) -> String {
+/// What a thrown JavaScript value says: an `Error`'s message, or the value as a string.
+pub(crate) fn describe(value: &wasm_bindgen::JsValue) -> String {
     value
         .dyn_ref::<js_sys::Error>()
         .map(|e| String::from(e.message()))
