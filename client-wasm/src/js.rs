@@ -41,6 +41,9 @@ extern "C" {
     /// The options' subprotocols, checked.
     #[wasm_bindgen(catch, js_name = optionSubprotocols)]
     fn option_subprotocols(options: &JsValue) -> Result<js_sys::Array, JsValue>;
+    /// Checks `connect`'s URL as [`crate::parse_url`] does.
+    #[wasm_bindgen(catch, js_name = checkUrl)]
+    fn check_url(url: &str) -> Result<(), JsValue>;
 }
 
 /// `WsClientOptions` as the browser backend's settings. JavaScript checks and flattens
@@ -65,10 +68,8 @@ fn settings(options: &JsValue) -> Result<Settings, Error> {
         )
     });
     Ok(Settings {
-        // Strings, as `optionSubprotocols` checked.
-        subprotocols: (option_subprotocols(options).map_err(invalid)?.iter())
-            .map(|p| p.as_string().unwrap_or_default())
-            .collect(),
+        // Tokens, as `optionSubprotocols` checked.
+        subprotocols: option_subprotocols(options).map_err(invalid)?,
         read_timeout: duration(0),
         write_timeout: duration(1),
         handshake_timeout: duration(2),
@@ -131,8 +132,14 @@ impl JsClient {
     ) -> Promise {
         promise(async move {
             let settings = settings(&options)?;
-            crate::check_subprotocols(&settings.subprotocols)?;
-            let url = crate::parse_url(&url)?;
+            // JavaScript checks the URL, as it checked the subprotocols: in Rust that
+            // cost the bundle kilobytes.
+            if let Err(e) = check_url(&url) {
+                return Err(Error::InvalidUrl {
+                    url,
+                    reason: describe(&e),
+                });
+            }
             let shared = Shared::connect(url, settings).await?;
             Ok(JsClient { shared }.into())
         })

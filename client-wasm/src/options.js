@@ -34,9 +34,40 @@ export function optionNumbers(options) {
   );
 }
 
+// The subprotocols as an array of HTTP tokens, each once (the WebSocket constructor
+// would throw a SyntaxError for a duplicate).
 export function optionSubprotocols(options) {
   const list = options?.subprotocols ?? [];
   if (!Array.isArray(list)) throw new Error("subprotocols: must be an array");
-  if (list.some((p) => typeof p !== "string")) throw new Error("subprotocols: must be strings");
+  list.forEach((p, i) => {
+    if (typeof p !== "string") throw new Error("subprotocols: must be strings");
+    if (!/^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/.test(p)) {
+      throw new Error(`subprotocols: "${p}" is not a valid token`);
+    }
+    if (list.indexOf(p) !== i) throw new Error(`subprotocols: "${p}" is offered twice`);
+  });
   return list;
+}
+
+// Checks WsClient.connect's URL as the Rust client's parser does (parse_url in lib.rs),
+// with the same messages; the WebSocket constructor's URL parser checks the host and
+// port. Throws an Error that says what is wrong.
+export function checkUrl(url) {
+  const scheme = /^([^:]*):\/\//.exec(url)?.[1];
+  if (scheme === undefined) throw new Error("no scheme");
+  if (!/^wss?$/i.test(scheme)) throw new Error("the scheme must be ws or wss");
+  const rest = url.slice(scheme.length + 3);
+  if (rest.includes("#")) throw new Error("a fragment is not allowed");
+  if (/[\0-\x20\x7f]/.test(rest)) {
+    throw new Error("spaces and control characters must be percent-encoded");
+  }
+  const authority = rest.split(/[/?]/)[0];
+  if (authority.includes("@")) throw new Error("credentials in the URL are not supported");
+  if (authority === "" || authority.startsWith(":")) throw new Error("no host");
+  if (authority.endsWith(":")) throw new Error("bad port");
+  try {
+    new URL(url);
+  } catch {
+    throw new Error("bad host or port");
+  }
 }
