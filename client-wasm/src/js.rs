@@ -44,6 +44,9 @@ extern "C" {
     /// Checks `connect`'s URL as [`crate::parse_url`] does.
     #[wasm_bindgen(catch, js_name = checkUrl)]
     fn check_url(url: &str) -> Result<(), JsValue>;
+    /// `readJson`'s parsing of a message as `read` returns it.
+    #[wasm_bindgen(catch, js_name = parseJson)]
+    fn parse_json(message: &JsValue) -> Result<JsValue, JsValue>;
 }
 
 /// `WsClientOptions` as the browser backend's settings. JavaScript checks and flattens
@@ -177,9 +180,14 @@ impl JsClient {
     /// Reads the next message: a `string` for text, a `Uint8Array` for binary.
     #[wasm_bindgen(unchecked_return_type = "Promise<string | Uint8Array>")]
     pub fn read(&self) -> Promise {
+        self.read_then(Ok)
+    }
+
+    /// Reads the next message, as `read` returns it, into `then`.
+    fn read_then(&self, then: fn(JsValue) -> Result<JsValue, Error>) -> Promise {
         let shared = self.shared.clone();
         promise(async move {
-            Ok(match shared.read().await? {
+            then(match shared.read().await? {
                 Message::Text(text) => text.into(),
                 Message::Binary(data) => Uint8Array::from(data.as_slice()).into(),
             })
@@ -189,17 +197,8 @@ impl JsClient {
     /// Reads the next message and parses it as JSON (binary as UTF-8 text first).
     #[wasm_bindgen(js_name = readJson, unchecked_return_type = "Promise<any>")]
     pub fn read_json(&self) -> Promise {
-        let shared = self.shared.clone();
-        promise(async move {
-            let text = match shared.read().await? {
-                Message::Text(text) => text,
-                Message::Binary(data) => String::from_utf8(data)
-                    .map_err(|_| Error::Binding("binary message is not UTF-8 text".into()))?,
-            };
-            // `JSON.parse` throws a `SyntaxError`, whose message says what is wrong.
-            js_sys::JSON::parse(&text)
-                .map_err(|e| Error::Binding(["JSON: ", &describe(&e)].concat()))
-        })
+        // JavaScript decodes and parses: the message says what is wrong.
+        self.read_then(|message| parse_json(&message).map_err(|e| Error::Binding(describe(&e))))
     }
 
     /// Closes with `code` (1000 or 3000-4999) and `reason`, waiting up to `timeoutMs`

@@ -1,6 +1,9 @@
-// Checks a `WsClientOptions` object for `WsClient.connect` and flattens it for the wasm
-// side, which reads the numbers by position (reading them field by field from Rust cost
-// the bundle 4 KB). Throws an Error whose message names the field at fault.
+// The JavaScript class's checks and parsing that cost the wasm bundle kilobytes in Rust:
+// a `WsClientOptions` object for `WsClient.connect`, checked and flattened for the wasm
+// side, which reads the numbers by position (field by field from Rust cost 4 KB); the
+// subprotocols and the URL (parse_url and check_subprotocols in lib.rs, 4.6 KB); and
+// readJson's decoding and parsing (1.6 KB). Each throws an Error whose message says what
+// is wrong (for options, the field at fault).
 
 function number(object, name) {
   const value = object[name];
@@ -69,5 +72,23 @@ export function checkUrl(url) {
     new URL(url);
   } catch {
     throw new Error("bad host or port");
+  }
+}
+
+// readJson's parsing of a message (a string, or a Uint8Array decoded as UTF-8 first).
+// Throws an Error that says what is wrong.
+export function parseJson(message) {
+  let text = message;
+  if (typeof message !== "string") {
+    try {
+      text = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }).decode(message);
+    } catch {
+      throw new Error("binary message is not UTF-8 text");
+    }
+  }
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new Error(`JSON: ${e.message}`);
   }
 }
