@@ -41,6 +41,12 @@ extern "C" {
     /// The options' subprotocols, checked.
     #[wasm_bindgen(catch, js_name = optionSubprotocols)]
     fn option_subprotocols(options: &JsValue) -> Result<js_sys::Array, JsValue>;
+    /// Checks `connect`'s URL as [`crate::parse_url`] does.
+    #[wasm_bindgen(catch, js_name = checkUrl)]
+    fn check_url(url: &str) -> Result<(), JsValue>;
+    /// `readJson`'s parsing of a message as `read` returns it.
+    #[wasm_bindgen(catch, js_name = parseJson)]
+    fn parse_json(message: &JsValue) -> Result<JsValue, JsValue>;
 }
 
 /// `WsClientOptions` as the browser backend's settings. JavaScript checks and flattens
@@ -65,10 +71,8 @@ fn settings(options: &JsValue) -> Result<Settings, Error> {
         )
     });
     Ok(Settings {
-        // Strings, as `optionSubprotocols` checked.
-        subprotocols: (option_subprotocols(options).map_err(invalid)?.iter())
-            .map(|p| p.as_string().unwrap_or_default())
-            .collect(),
+        // Tokens, as `optionSubprotocols` checked.
+        subprotocols: option_subprotocols(options).map_err(invalid)?,
         read_timeout: duration(0),
         write_timeout: duration(1),
         handshake_timeout: duration(2),
@@ -131,8 +135,14 @@ impl JsClient {
     ) -> Promise {
         promise(async move {
             let settings = settings(&options)?;
-            crate::check_subprotocols(&settings.subprotocols)?;
-            let url = crate::parse_url(&url)?;
+            // JavaScript checks the URL, as it checked the subprotocols: in Rust that
+            // cost the bundle kilobytes.
+            if let Err(e) = check_url(&url) {
+                return Err(Error::InvalidUrl {
+                    url,
+                    reason: describe(&e),
+                });
+            }
             let shared = Shared::connect(url, settings).await?;
             Ok(JsClient { shared }.into())
         })
@@ -170,9 +180,14 @@ impl JsClient {
     /// Reads the next message: a `string` for text, a `Uint8Array` for binary.
     #[wasm_bindgen(unchecked_return_type = "Promise<string | Uint8Array>")]
     pub fn read(&self) -> Promise {
+        self.read_then(Ok)
+    }
+
+    /// Reads the next message, as `read` returns it, into `then`.
+    fn read_then(&self, then: fn(JsValue) -> Result<JsValue, Error>) -> Promise {
         let shared = self.shared.clone();
         promise(async move {
-            Ok(match shared.read().await? {
+            then(match shared.read().await? {
                 Message::Text(text) => text.into(),
                 Message::Binary(data) => Uint8Array::from(data.as_slice()).into(),
             })
@@ -182,17 +197,8 @@ impl JsClient {
     /// Reads the next message and parses it as JSON (binary as UTF-8 text first).
     #[wasm_bindgen(js_name = readJson, unchecked_return_type = "Promise<any>")]
     pub fn read_json(&self) -> Promise {
-        let shared = self.shared.clone();
-        promise(async move {
-            let text = match shared.read().await? {
-                Message::Text(text) => text,
-                Message::Binary(data) => String::from_utf8(data)
-                    .map_err(|_| Error::Binding("binary message is not UTF-8 text".into()))?,
-            };
-            // `JSON.parse` throws a `SyntaxError`, whose message says what is wrong.
-            js_sys::JSON::parse(&text)
-                .map_err(|e| Error::Binding(["JSON: ", &describe(&e)].concat()))
-        })
+        // JavaScript decodes and parses: the message says what is wrong.
+        self.read_then(|message| parse_json(&message).map_err(|e| Error::Binding(describe(&e))))
     }
 
     /// Closes with `code` (1000 or 3000-4999) and `reason`, waiting up to `timeoutMs`

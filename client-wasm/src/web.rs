@@ -11,8 +11,8 @@ use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use wasm_bindgen::JsCast;
 use wasm_bindgen::closure::Closure;
+use wasm_bindgen::{JsCast, JsValue};
 use web_sys::{BinaryType, CloseEvent, MessageEvent, WebSocket};
 
 use crate::{
@@ -32,9 +32,9 @@ const DRAIN_POLL: Duration = Duration::from_millis(5);
 /// What the browser honours of a [`ClientConfig`]: the rest is refused at connect. The
 /// JavaScript class builds it directly, so the native-only configuration (credentials,
 /// TLS, handlers) stays out of the browser bundle.
-#[derive(Default)]
 pub(crate) struct Settings {
-    pub(crate) subprotocols: Vec<String>,
+    /// The subprotocols to offer, as the strings the `WebSocket` constructor takes.
+    pub(crate) subprotocols: js_sys::Array,
     pub(crate) read_timeout: Option<Duration>,
     pub(crate) write_timeout: Option<Duration>,
     pub(crate) handshake_timeout: Option<Duration>,
@@ -101,12 +101,8 @@ impl Drop for Reading<'_> {
 }
 
 impl Socket {
-    fn open(url: &WsUrl, config: &Settings) -> Result<Self> {
-        let protocols = js_sys::Array::new();
-        for protocol in &config.subprotocols {
-            protocols.push(&protocol.into());
-        }
-        let ws = WebSocket::new_with_str_sequence(url.as_str(), &protocols)
+    fn open(url: &str, config: &Settings) -> Result<Self> {
+        let ws = WebSocket::new_with_str_sequence(url, &config.subprotocols)
             .map_err(|e| Error::Connect(describe(&e)))?;
         ws.set_binary_type(BinaryType::Arraybuffer);
         // The browser buffers what arrives; the inbox only hands it to the reader.
@@ -198,7 +194,8 @@ impl Socket {
 
 /// The browser connection, shared by [`crate::Client`] and the JavaScript class.
 pub(crate) struct Shared {
-    url: WsUrl,
+    /// The URL, already checked.
+    url: String,
     config: Settings,
     socket: RefCell<Rc<Socket>>,
     closed: RefCell<Option<(u16, String)>>,
@@ -206,6 +203,8 @@ pub(crate) struct Shared {
 
 pub(crate) struct Connection {
     pub(crate) shared: Rc<Shared>,
+    /// The subprotocols offered, which own the agreed one that `subprotocol` lends.
+    subprotocols: Vec<String>,
 }
 
 fn check_supported(config: &ClientConfig) -> Result<()> {
@@ -341,7 +340,7 @@ async fn with_timeout<T>(
     .await
 }
 
-async fn open_with_retry(url: &WsUrl, config: &Settings) -> Result<Socket> {
+async fn open_with_retry(url: &str, config: &Settings) -> Result<Socket> {
     let mut attempt = 0;
     loop {
         let limit = config
@@ -373,14 +372,15 @@ impl Connection {
     pub(crate) async fn connect(url: WsUrl, config: ClientConfig) -> Result<Self> {
         check_supported(&config)?;
         let settings = Settings {
-            subprotocols: config.subprotocols,
+            subprotocols: config.subprotocols.iter().map(JsValue::from).collect(),
             read_timeout: config.read_timeout,
             write_timeout: config.write_timeout,
             handshake_timeout: config.handshake_timeout,
             retry: config.retry,
         };
         Ok(Self {
-            shared: Shared::connect(url, settings).await?,
+            shared: Shared::connect(url.as_str().to_owned(), settings).await?,
+            subprotocols: config.subprotocols,
         })
     }
 
@@ -410,7 +410,12 @@ impl Connection {
     }
 
     pub(crate) fn subprotocol(&self) -> Option<&str> {
-        self.shared.protocol_ref()
+        // The agreed subprotocol, found in the list offered.
+        let agreed = self.shared.protocol()?;
+        self.subprotocols
+            .iter()
+            .find(|p| **p == agreed)
+            .map(String::as_str)
     }
 
     pub(crate) fn handshake_response(&self) -> Result<&HandshakeResponse> {
@@ -422,7 +427,7 @@ impl Connection {
 
 impl Shared {
     /// Opens the socket (retrying as `config.retry` says); `config` is already valid.
-    pub(crate) async fn connect(url: WsUrl, config: Settings) -> Result<Rc<Self>> {
+    pub(crate) async fn connect(url: String, config: Settings) -> Result<Rc<Self>> {
         let socket = open_with_retry(&url, &config).await?;
         Ok(Rc::new(Self {
             url,
@@ -450,16 +455,6 @@ impl Shared {
     pub(crate) fn protocol(&self) -> Option<String> {
         let protocol = self.socket().ws.protocol();
         (!protocol.is_empty()).then_some(protocol)
-    }
-
-    fn protocol_ref(&self) -> Option<&str> {
-        // The configured list owns strings that outlive `self`; find the agreed one there.
-        let agreed = self.protocol()?;
-        self.config
-            .subprotocols
-            .iter()
-            .find(|p| **p == agreed)
-            .map(String::as_str)
     }
 
     /// Replaces a dropped connection when `retry` is configured.
