@@ -52,6 +52,8 @@ struct Inbox {
     closed: Option<(u16, String)>,
     /// The reader waiting for one of the above.
     waker: Option<Waker>,
+    /// A `close` waiting for the close event (beside a pending read).
+    closer: Option<Waker>,
 }
 
 impl Inbox {
@@ -133,6 +135,9 @@ impl Socket {
             let mut inbox = seen.borrow_mut();
             inbox.closed = Some((event.code(), event.reason()));
             inbox.wake();
+            if let Some(closer) = inbox.closer.take() {
+                closer.wake();
+            }
         });
         ws.set_onopen(Some(on_open.as_ref().unchecked_ref()));
         ws.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
@@ -172,9 +177,17 @@ impl Socket {
         .await
     }
 
-    /// The close event, once the browser has fired it.
-    fn close_event(&self) -> Option<(u16, String)> {
-        self.inbox.borrow().closed.clone()
+    /// Waits for the close event (leaving messages still in flight to the reader).
+    async fn close_event(&self) -> Result<(u16, String)> {
+        poll_fn(|cx| {
+            let mut inbox = self.inbox.borrow_mut();
+            if let Some(event) = inbox.closed.clone() {
+                return Poll::Ready(Ok(event));
+            }
+            inbox.closer = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
     }
 
     async fn opened(&self) -> Result<()> {
@@ -533,18 +546,8 @@ impl Shared {
             .ws
             .close_with_code_and_reason(code, reason)
             .map_err(|e| Error::Connect(describe(&e)))?;
-        // Messages still in flight stay queued for the reader; only the close event
-        // is awaited here.
-        let wait = async {
-            loop {
-                if let Some(event) = socket.close_event() {
-                    return Ok(event);
-                }
-                sleep(DRAIN_POLL).await;
-            }
-        };
         let limit = (!timeout.is_zero()).then_some(timeout);
-        let peer = with_timeout(limit, wait, || Error::ReadTimeout)
+        let peer = with_timeout(limit, socket.close_event(), || Error::ReadTimeout)
             .await
             .unwrap_or((1006, String::new()));
         *self.closed.borrow_mut() = Some(peer.clone());
