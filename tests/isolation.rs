@@ -194,3 +194,35 @@ async fn out_of_memory_for_instances_is_503() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// What one connection's guest leaves in its linear memory never reaches the next
+/// connection's guest: the host reuses the memories of ended connections, cleared.
+#[tokio::test]
+async fn a_reused_memory_holds_nothing_of_the_last_connection() {
+    let host = Host::with_service("/faulty", components::FAULTY, "");
+    let url = host.url("/faulty");
+    for round in 0..5 {
+        let (mut first, _) = connect_async(&url).await.unwrap();
+        first.send(Message::text("stash")).await.unwrap();
+        assert_eq!(next(&mut first).await, Message::text("stashed"));
+        // The scan sees what this instance stashed: it can tell.
+        first.send(Message::text("scan")).await.unwrap();
+        let seen: usize = next(&mut first).await.to_text().unwrap().parse().unwrap();
+        assert!(
+            seen >= 16 * 1024,
+            "round {round}: the scan missed the stash ({seen})"
+        );
+        first.close(None).await.unwrap();
+        while first.next().await.is_some() {}
+        // Let the host drop the ended connection's instance.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+
+        let (mut second, _) = connect_async(&url).await.unwrap();
+        second.send(Message::text("scan")).await.unwrap();
+        let left: usize = next(&mut second).await.to_text().unwrap().parse().unwrap();
+        assert!(
+            left < 1024,
+            "round {round}: a new connection's memory holds {left} marker bytes"
+        );
+    }
+}

@@ -466,6 +466,7 @@ fn is_out_of_resources(error: &wasmtime::Error) -> bool {
             .downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::OutOfMemory)
             || cause.downcast_ref::<rustix::io::Errno>() == Some(&rustix::io::Errno::NOMEM)
+            || cause.to_string().contains(crate::mappings::OUT_OF_MAPPINGS)
     })
 }
 

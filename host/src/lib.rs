@@ -20,12 +20,12 @@ mod http;
 mod introspection;
 mod jwks;
 mod ldap;
+mod mappings;
 mod metrics;
 mod outbound;
 mod quiet;
 mod runtime;
 mod server;
-mod stacks;
 mod tls;
 mod topics;
 

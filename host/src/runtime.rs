@@ -19,7 +19,7 @@ use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadl
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::config::{Grants, SandboxLimits};
-use crate::stacks::StackPool;
+use crate::mappings::{Memories, MemoryPool, StackPool, Stacks};
 use crate::topics::{self, InboxSender, Published, Topics};
 use crate::{Error, Result};
 
@@ -50,6 +50,10 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Fiber stacks kept for reuse after their connections end (each about 2 MiB of
 /// address space, and the few pages its calls touched).
 const KEPT_STACKS: usize = 1024;
+
+/// Linear memories kept, zeroed, for reuse after their connections end (each a
+/// reservation of address space, two kernel mappings and no resident pages).
+const KEPT_MEMORIES: usize = 1024;
 
 /// Most resource-table entries (WASI streams, callers) an isolated instance may hold.
 const MAX_TABLE_ENTRIES: usize = 1024;
@@ -83,9 +87,10 @@ impl Runtime {
         // guest yields to other connections every tick), but the component-model
         // concurrency machinery is not used: it would double the cost of each call.
         config.concurrency_support(false);
-        // Stacks of ended connections serve new ones: no unmap (and cross-core TLB
-        // flush) per connection.
-        config.with_host_stack(Arc::new(crate::stacks::Stacks(StackPool::new(KEPT_STACKS))));
+        // Stacks and memories of ended connections serve new ones: no map, unmap
+        // (and cross-core TLB flush) and page faults per connection.
+        config.with_host_stack(Arc::new(Stacks(StackPool::new(KEPT_STACKS))));
+        config.with_host_memory(Arc::new(Memories(MemoryPool::new(KEPT_MEMORIES))));
         let engine = Engine::new(&config).map_err(Error::Engine)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(Error::Engine)?;

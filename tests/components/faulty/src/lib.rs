@@ -8,7 +8,9 @@
 //! `attr KEY VALUE` / `attr KEY` (set / read an attribute), `info` (id, secure,
 //! subprotocol), `reply TEXT` / `reply-close CODE REASON` (answer by return value),
 //! `watch` (receive what other connections' `on_close` / `on_error` report), `live`
-//! (how many sessions this instance holds). Anything else is echoed.
+//! (how many sessions this instance holds), `stash` (leaves 16 KiB of a marker byte in
+//! linear memory), `scan` (how many bytes of linear memory hold the marker). Anything
+//! else is echoed.
 
 use wasmsocket_guest::prelude::*;
 
@@ -23,6 +25,29 @@ struct Faulty {
 
 /// Sessions alive in this instance: more than one only in shared mode.
 static LIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// What `stash` fills linear memory with.
+const MARKER: u8 = 0xa5;
+
+/// How many bytes of this instance's linear memory hold [`MARKER`]: a memory that a
+/// `stash` in another connection's instance left behind would show it.
+fn scan() -> usize {
+    #[cfg(target_arch = "wasm32")]
+    {
+        let size = core::arch::wasm32::memory_size(0) * 65536;
+        // Byte 0 is skipped: a null pointer may not be read through.
+        (1..size)
+            .filter(|&address| {
+                // SAFETY: every address below the memory's size is readable.
+                #[allow(unsafe_code, reason = "reads the whole linear memory")]
+                let byte = unsafe { std::ptr::read_volatile(address as *const u8) };
+                byte == MARKER
+            })
+            .count()
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    0
+}
 
 /// Counts a session in [`LIVE`] from creation until the host drops it.
 struct Live;
@@ -176,6 +201,12 @@ impl Service for Faulty {
                 caller.subscribe(EVENTS)?;
                 caller.write_text("watching")?;
             }
+            ("stash", _, _) => {
+                let stash = std::hint::black_box(vec![MARKER; 16 * 1024]);
+                std::mem::forget(stash);
+                caller.write_text("stashed")?;
+            }
+            ("scan", _, _) => caller.write_text(&scan().to_string())?,
             ("live", _, _) => {
                 caller.write_text(&LIVE.load(std::sync::atomic::Ordering::Relaxed).to_string())?
             }
