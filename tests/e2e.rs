@@ -579,6 +579,18 @@ async fn assert_silent(client: &mut Client, quiet: Duration) {
     }
 }
 
+/// Returns once the connection's `on_open` has run: a ping is answered only after it.
+async fn opened(client: &mut Client) {
+    client
+        .send(Message::Ping(b"opened?".to_vec().into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        next(client).await,
+        Message::Pong(b"opened?".to_vec().into())
+    );
+}
+
 fn chat_line(message: Message) -> (String, String) {
     let value: serde_json::Value = serde_json::from_str(message.to_text().unwrap()).unwrap();
     (
@@ -594,7 +606,10 @@ async fn chat() {
     let host = Host::with_service("/chat", components::CHAT, "");
     let join = |name: &str, room: &str| host.url(&format!("/chat?room={room}&name={name}"));
     let line = |from: &str, text: &str| (from.to_owned(), text.to_owned());
+    // `on_open` (which subscribes) runs after the 101, so the next one to join must
+    // wait until it has: the engine reads (and answers a ping) only after `on_open`.
     let mut alice = connect(&join("alice", "tea")).await;
+    opened(&mut alice).await;
     let mut bob = connect(&join("bob", "tea")).await;
     assert_eq!(
         chat_line(next(&mut alice).await),
