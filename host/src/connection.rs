@@ -393,7 +393,7 @@ where
         Err(error) if is_out_of_resources(&error) => {
             warn!(
                 "cannot instantiate another copy of the component: {error:#}; each isolated \
-                 connection maps its own memory (about 4 of the kernel's vm.max_map_count \
+                 connection maps its own memory (about 3 of the kernel's vm.max_map_count \
                  mappings): raise that limit or use mode = \"shared\""
             );
             service.metrics.refused(Refusal::Capacity);
