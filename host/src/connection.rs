@@ -85,7 +85,12 @@ where
             // boxed so that neither sizes this future (a task is as large as its
             // largest state, and idle connections should carry little).
             let handshake = websocket(shared, service, io, &request, key, leftover, remote, secure);
-            if let Some(connection) = Box::pin(handshake).await {
+            let connection = Box::pin(handshake).await;
+            // The request is answered: its headers and read buffer are not kept for
+            // the connection's life.
+            drop(request);
+            drop(buf);
+            if let Some(connection) = connection {
                 Box::pin(connection.serve()).await;
             }
             return;
