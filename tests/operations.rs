@@ -8,29 +8,11 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::connect_async;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use wasmsocket_tests::{Host, STEP, components, host_binary, scratch_dir};
-
-/// `GET path` on the admin endpoint: status and body.
-async fn admin_get(admin: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(admin).await.unwrap();
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nhost: admin\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut response = String::new();
-    tokio::time::timeout(STEP, stream.read_to_string(&mut response))
-        .await
-        .expect("an answer in time")
-        .unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response.split_once("\r\n\r\n").unwrap().1.to_owned();
-    (status, body)
-}
+use wasmsocket_tests::{Host, STEP, admin_get, components, host_binary, scratch_dir};
 
 /// The samples of a scrape: `name{labels}` → value.
 async fn scrape(admin: SocketAddr) -> HashMap<String, f64> {

@@ -9,12 +9,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use wasmsocket_tests::{
-    Client, Host, STEP, components, connect, failing_check, free_port, scratch_dir,
+    Client, Host, STEP, admin_get, components, connect, failing_check, free_port, scratch_dir,
 };
 
 const REDIS_SERVER: &str = "/usr/bin/redis-server";
@@ -81,16 +79,7 @@ fn host_config(port: u16) -> String {
 
 /// One sample of the host's metrics.
 async fn metric(admin: SocketAddr, key: &str) -> Option<f64> {
-    let mut stream = TcpStream::connect(admin).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nhost: admin\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = String::new();
-    tokio::time::timeout(STEP, stream.read_to_string(&mut response))
-        .await
-        .expect("metrics in time")
-        .unwrap();
+    let (_, response) = admin_get(admin, "/metrics").await;
     response.lines().find_map(|line| {
         let (name, value) = line.rsplit_once(' ')?;
         (name == key).then(|| value.parse().unwrap())

@@ -534,21 +534,14 @@ impl Report {
         if let Some(scale) = self.scale_table() {
             let _ = write!(out, "## Scale\n\n{scale}\n");
         }
-        let stops = self.stops();
-        if !stops.is_empty() {
-            out.push_str("## Notes\n\n");
-            for stop in stops {
-                let _ = writeln!(out, "- {stop}");
+        for (title, items) in [("Notes", self.stops()), ("Failures", self.failures())] {
+            if !items.is_empty() {
+                let _ = write!(out, "## {title}\n\n");
+                for item in items {
+                    let _ = writeln!(out, "- {item}");
+                }
+                out.push('\n');
             }
-            out.push('\n');
-        }
-        let failures = self.failures();
-        if !failures.is_empty() {
-            out.push_str("## Failures\n\n");
-            for failure in failures {
-                let _ = writeln!(out, "- {failure}");
-            }
-            out.push('\n');
         }
         out.push_str(LOADS_EXPLAINED);
         out

@@ -347,8 +347,7 @@ where
         return None;
     }
     Some(Connection {
-        metrics: metrics.clone(),
-        _counted: counted,
+        metrics: counted,
         ws,
         instance,
         session,
@@ -530,13 +529,21 @@ struct Connection<S> {
     next_due: Option<tokio::time::Instant>,
     /// The frames the last callback queued, to send.
     outbox: Vec<Outgoing>,
-    metrics: Arc<ServiceMetrics>,
-    /// Keeps the connection in `wasmsocket_connections_open`.
-    _counted: Counted,
+    /// The service's metrics; the connection counts in `wasmsocket_connections_open`
+    /// until this is dropped.
+    metrics: Counted,
 }
 
 /// An accepted connection in the service's metrics, until dropped.
 struct Counted(Arc<ServiceMetrics>);
+
+impl std::ops::Deref for Counted {
+    type Target = ServiceMetrics;
+
+    fn deref(&self) -> &ServiceMetrics {
+        &self.0
+    }
+}
 
 impl Counted {
     fn new(metrics: Arc<ServiceMetrics>) -> Self {
@@ -561,7 +568,7 @@ where
         let Connection {
             mut instance,
             session,
-            _counted: counted,
+            metrics: counted,
             ..
         } = self;
         instance.end(session).await;
@@ -758,12 +765,15 @@ where
         self.metrics.callback_took(started.elapsed());
         // Outbox, timers and subscriptions change only in callbacks: read them while
         // the instance is held anyway.
-        let result =
-            result.and_then(|result| Ok((result, instance.after_callback(&self.session)?)));
+        let result = result.and_then(|result| {
+            Ok((
+                result,
+                instance.after_callback(&self.session, &mut self.outbox)?,
+            ))
+        });
         drop(instance);
         match result {
             Ok((result, after)) => {
-                self.outbox = after.outbox;
                 self.next_due = after.next_due;
                 if let Some(inbox) = after.new_inbox {
                     self.inbox = Some(inbox);
@@ -793,11 +803,12 @@ where
     /// them once the frames that had already arrived are handled: one write for a
     /// burst.
     async fn queue_outbox(&mut self) -> Next {
-        let outbox = std::mem::take(&mut self.outbox);
-        if outbox.is_empty() {
+        if self.outbox.is_empty() {
             return Next::Continue;
         }
-        for outgoing in outbox {
+        // Emptied here and handed back for the next callback's frames.
+        let mut outbox = std::mem::take(&mut self.outbox);
+        for outgoing in outbox.drain(..) {
             let frame = match outgoing {
                 Outgoing::Text(text) => {
                     self.metrics.sent(text.len());
@@ -828,6 +839,7 @@ where
             }
             self.unflushed = true;
         }
+        self.outbox = outbox;
         Next::Continue
     }
 

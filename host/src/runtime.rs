@@ -52,7 +52,8 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 const KEPT_STACKS: usize = 1024;
 
 /// Linear memories kept, zeroed, for reuse after their connections end (each a
-/// reservation of address space, two kernel mappings and no resident pages).
+/// reservation of address space, kernel mappings, and the pages its guest wrote, now
+/// zero, until reused).
 const KEPT_MEMORIES: usize = 1024;
 
 /// Most resource-table entries (WASI streams, callers) an isolated instance may hold.
@@ -79,8 +80,9 @@ impl Runtime {
         // Every isolated connection maps a linear memory and a fiber stack, and Linux
         // caps a process's mappings (vm.max_map_count, 65530 by default). No guard
         // region in front of linear memory and no copy-on-write image mapping in the
-        // middle of it take a connection from 7 mappings to 4 (bounds checks are still
-        // elided: the 4 GiB reservation stays).
+        // middle of it took a connection from 7 mappings to 4 (bounds checks are still
+        // elided: the 4 GiB reservation stays); the host's own mappings (below) merge
+        // with their neighbours, down to 3.
         config.guard_before_linear_memory(false);
         config.memory_init_cow(false);
         // Guest calls are async (so the WASI streams work inside tokio, and a busy
@@ -382,7 +384,6 @@ pub struct CallerState {
     closing: bool,
     /// The connection's number, for topics.
     number: u64,
-    /// Where topics deliver to this connection.
     /// Where topics deliver to this connection; made on the first subscription.
     inbox: Option<InboxSender>,
     /// The receiving end of a just-made inbox, for the connection to take.
@@ -396,6 +397,13 @@ pub struct CallerState {
 struct Timer {
     due: tokio::time::Instant,
     period: Option<Duration>,
+}
+
+impl CallerState {
+    /// When the session's next timer is due, if it has one.
+    fn next_due(&self) -> Option<tokio::time::Instant> {
+        self.timers.values().map(|timer| timer.due).min()
+    }
 }
 
 /// Most timers one connection may have set.
@@ -682,7 +690,6 @@ pub(crate) struct Instance {
 /// What a callback left for its connection (see [`Instance::after_callback`]).
 #[derive(Default)]
 pub(crate) struct Aftermath {
-    pub(crate) outbox: Vec<Outgoing>,
     pub(crate) next_due: Option<tokio::time::Instant>,
     pub(crate) new_inbox: Option<topics::Inbox>,
 }
@@ -810,8 +817,7 @@ impl Instance {
     /// When the session's next timer is due, if it has one.
     pub(crate) fn next_timer(&mut self, session: &Session) -> Option<tokio::time::Instant> {
         let caller = session.caller.as_ref()?;
-        let state = self.store.data_mut().caller(caller).ok()?;
-        state.timers.values().map(|timer| timer.due).min()
+        self.store.data_mut().caller(caller).ok()?.next_due()
     }
 
     /// Takes the timers due at `now`, rescheduling the repeating ones.
@@ -907,17 +913,25 @@ impl Instance {
     }
 
     /// What the last callback left for the connection, in one look at its caller:
-    /// the frames it queued, when its next timer is due, and the inbox its first
-    /// subscription made.
-    pub(crate) fn after_callback(&mut self, session: &Session) -> wasmtime::Result<Aftermath> {
+    /// the frames it queued (swapped into `outbox`: the two vectors take turns, so
+    /// queueing a frame allocates nothing), when its next timer is due, and the inbox
+    /// its first subscription made.
+    pub(crate) fn after_callback(
+        &mut self,
+        session: &Session,
+        outbox: &mut Vec<Outgoing>,
+    ) -> wasmtime::Result<Aftermath> {
         let Some(caller) = &session.caller else {
             return Ok(Aftermath::default());
         };
         let state = self.store.data_mut().caller(caller)?;
         state.queued = 0;
+        // Whatever is left in `outbox` was queued by a callback after the connection
+        // closed, and can no longer be sent.
+        outbox.clear();
+        std::mem::swap(&mut state.outbox, outbox);
         Ok(Aftermath {
-            outbox: std::mem::take(&mut state.outbox),
-            next_due: state.timers.values().map(|timer| timer.due).min(),
+            next_due: state.next_due(),
             new_inbox: state.new_inbox.take(),
         })
     }
