@@ -3,6 +3,8 @@
 //! keeps echoing, and new connections are served. In shared mode a trap takes down
 //! the connections of its instance only.
 
+use std::time::Duration;
+
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::connect_async;
 use tokio_tungstenite::tungstenite::Message;
@@ -47,6 +49,48 @@ async fn infinite_loop_closes_only_its_connection() {
 #[tokio::test]
 async fn endless_allocation_closes_only_its_connection() {
     misbehaviour_closes_only_its_connection("alloc").await;
+}
+
+/// A guest that keeps running holds up no other connection while it runs: once its
+/// callback has run for more than an epoch tick, the other connections of its worker
+/// thread move to another thread. With one worker thread the bystander would
+/// otherwise get no reply until the loop's deadline (5 s) closed the victim.
+#[tokio::test]
+async fn a_looping_guest_holds_up_no_other_connection() {
+    let mut host = Host::start_under(
+        "export TOKIO_WORKER_THREADS=1",
+        &format!(
+            "[listener]\nhost = \"127.0.0.1\"\nport = 0\n\n\
+             [[service]]\npath = \"/faulty\"\ncomponent = {:?}\n\
+             [service.limits]\ncallback_timeout = 5\n",
+            components::FAULTY
+        ),
+    );
+    let url = host.url("/faulty");
+    let (mut bystander, _) = connect_async(&url).await.unwrap();
+    let (mut victim, _) = connect_async(&url).await.unwrap();
+    victim.send(Message::text("loop")).await.unwrap();
+    // Give the loop time to start (the echoes below would otherwise race it).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for index in 0..20 {
+        bystander
+            .send(Message::text(index.to_string()))
+            .await
+            .unwrap();
+        assert_eq!(next(&mut bystander).await, Message::text(index.to_string()));
+    }
+    // The victim's callback is still running: its close has not been sent yet.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(10), victim.next())
+            .await
+            .is_err(),
+        "the bystander was answered only after the loop ended"
+    );
+    match next(&mut victim).await {
+        Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 1011),
+        other => panic!("expected close 1011, got {other:?}"),
+    }
+    assert!(host.is_running());
 }
 
 /// Shared mode: the sessions of many connections live in one instance. They keep

@@ -440,7 +440,7 @@ where
                 claims: p.claims,
             }),
         };
-        let decision = instance.lock().await.upgrade(&upgrade_request).await;
+        let decision = instance.lock().await.upgrade(&upgrade_request);
         match decision {
             Ok(decision) => Ok((instance, decision)),
             Err(trap) => {
@@ -761,7 +761,7 @@ where
     async fn call(&mut self, event: Event<'_>) -> Option<Result<(), CallbackError>> {
         let mut instance = self.instance.lock().await;
         let started = std::time::Instant::now();
-        let result = instance.dispatch(&self.session, event).await;
+        let result = instance.dispatch(&self.session, event);
         self.metrics.callback_took(started.elapsed());
         // Outbox, timers and subscriptions change only in callbacks: read them while
         // the instance is held anyway.

@@ -28,6 +28,7 @@ mod runtime;
 mod server;
 mod tls;
 mod topics;
+mod wasi;
 
 pub use config::{
     AdminConfig, AuthEntry, CertKey, Config, DirGrant, Grants, Http1Settings, InstanceMode,

@@ -1,26 +1,20 @@
-//! Fiber stacks and linear memories, kept for the next connection instead of unmapped.
+//! Linear memories, kept for the next connection instead of unmapped.
 //!
-//! In isolated mode every connection has a store with a fiber stack (a store keeps the
-//! stack its first guest call needed until it is dropped) and a linear memory. With
-//! Wasmtime's on-demand allocator both are mapped when a connection starts and
-//! unmapped when it ends, and on a multi-threaded host every unmap interrupts the other
-//! cores to flush their TLBs: a set-up load spent about a third of its time mapping,
-//! unmapping and faulting pages in. [`StackPool`] and [`MemoryPool`] keep released
-//! ones (up to a limit) and hand them to new stores.
+//! In isolated mode every connection has a store with a linear memory. With Wasmtime's
+//! on-demand allocator it is mapped when a connection starts and unmapped when it
+//! ends, and on a multi-threaded host every unmap interrupts the other cores to flush
+//! their TLBs: a set-up load spent about a third of its time mapping, unmapping and
+//! faulting pages in (fiber stacks included, before guest calls became synchronous).
+//! [`MemoryPool`] keeps released memories (up to a limit) and hands them to new
+//! stores.
 //!
-//! A reused stack still holds what the last guest call left on it: Wasmtime's own pool
-//! does not zero its stacks either (`async_stack_zeroing` is off), and when Wasmtime
-//! asks for a zeroed stack it gets a freshly mapped one. A reused linear memory is
-//! zero, as WebAssembly requires and as one tenant's data must never reach the next:
+//! A reused linear memory is zero, as WebAssembly requires and as one tenant's data must never reach the next:
 //! every page of it that holds data (resident or swapped out, as the kernel's page map
 //! says) is cleared before it is kept; without the page map, the kernel drops them all.
 //!
 //! The only unsafe code in the host: mapping memory, and promising Wasmtime it is a
-//! stack or a linear memory (the `StackMemory` and `LinearMemory` contracts).
-#![allow(
-    unsafe_code,
-    reason = "maps the stacks and memories Wasmtime runs guests in"
-)]
+//! linear memory (the `LinearMemory` contract).
+#![allow(unsafe_code, reason = "maps the memories Wasmtime runs guests in")]
 
 use std::fs::File;
 use std::ops::Range;
@@ -28,7 +22,7 @@ use std::os::unix::fs::FileExt as _;
 use std::sync::{Arc, Mutex};
 
 use rustix::mm::{Advice, MapFlags, MprotectFlags, ProtFlags};
-use wasmtime::{LinearMemory, MemoryCreator, MemoryType, StackCreator, StackMemory};
+use wasmtime::{LinearMemory, MemoryCreator, MemoryType};
 
 /// Part of every error message for a mapping the kernel refused for want of memory
 /// or mappings (how a caller tells it from a guest's fault).
@@ -94,107 +88,6 @@ impl Drop for Region {
 
 fn mapping_error(what: &str, error: std::io::Error) -> String {
     format!("{OUT_OF_MAPPINGS} {what}: {error}")
-}
-
-/// Stacks released by dropped stores, for the next ones.
-pub(crate) struct StackPool {
-    free: Mutex<Vec<Region>>,
-    keep: usize,
-}
-
-impl StackPool {
-    /// A pool that keeps at most `keep` released stacks mapped.
-    pub(crate) fn new(keep: usize) -> Arc<Self> {
-        Arc::new(Self {
-            free: Mutex::new(Vec::new()),
-            keep,
-        })
-    }
-
-    fn release(&self, region: Region) {
-        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-        if free.len() < self.keep {
-            free.push(region);
-        }
-        // Otherwise `region` is dropped here, and unmapped.
-    }
-}
-
-/// A stack lent to a store: a guard page, then the stack; back to the pool when the
-/// store drops it.
-struct PooledStack {
-    region: Option<Region>,
-    pool: Arc<StackPool>,
-}
-
-impl Drop for PooledStack {
-    fn drop(&mut self) {
-        if let Some(region) = self.region.take() {
-            self.pool.release(region);
-        }
-    }
-}
-
-impl PooledStack {
-    fn region(&self) -> &Region {
-        self.region.as_ref().expect("set until dropped")
-    }
-}
-
-// SAFETY: the stack is readable, writable, page-aligned memory above a guard page
-// that faults on access, and it stays mapped while the store holds it.
-unsafe impl StackMemory for PooledStack {
-    fn top(&self) -> *mut u8 {
-        let region = self.region();
-        // SAFETY: one past the end of the mapping.
-        unsafe { region.base.add(region.len) }
-    }
-
-    fn range(&self) -> Range<usize> {
-        let region = self.region();
-        let bottom = region.base as usize + page_size();
-        bottom..region.base as usize + region.len
-    }
-
-    fn guard_range(&self) -> Range<*mut u8> {
-        let region = self.region();
-        // SAFETY: the guard page is the first page of the mapping.
-        region.base..unsafe { region.base.add(page_size()) }
-    }
-}
-
-/// Wasmtime's way to the stack pool: `Config::with_host_stack`.
-pub(crate) struct Stacks(pub(crate) Arc<StackPool>);
-
-// SAFETY: every stack handed out is a `PooledStack` (see its `StackMemory`).
-unsafe impl StackCreator for Stacks {
-    fn new_stack(
-        &self,
-        size: usize,
-        zeroed: bool,
-    ) -> Result<Box<dyn StackMemory>, wasmtime::Error> {
-        let page = page_size();
-        let len = size.div_ceil(page) * page + page;
-        let reused = if zeroed {
-            None
-        } else {
-            let mut free = self.0.free.lock().unwrap_or_else(|e| e.into_inner());
-            match free.last() {
-                Some(last) if last.len == len => free.pop(),
-                _ => None,
-            }
-        };
-        let region = match reused {
-            Some(region) => region,
-            None => Region::reserve(len)
-                .and_then(|region| region.open(page..len).map(|()| region))
-                .map_err(|e| wasmtime::format_err!(mapping_error("a fiber stack", e)))?,
-        };
-        Ok(Box::new(PooledStack {
-            region: Some(region),
-            pool: self.0.clone(),
-        }))
-    }
 }
 
 /// Linear memories released by dropped stores, zeroed, for the next ones.
@@ -394,41 +287,6 @@ unsafe impl MemoryCreator for Memories {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn released_stacks_are_reused_up_to_the_limit() {
-        let pool = StackPool::new(2);
-        let stacks = Stacks(pool.clone());
-        let a = stacks.new_stack(64 * 1024, false).unwrap();
-        let b = stacks.new_stack(64 * 1024, false).unwrap();
-        let c = stacks.new_stack(64 * 1024, false).unwrap();
-        assert_eq!(a.range().len(), 64 * 1024);
-        assert_eq!(a.top() as usize, a.range().end);
-        assert_eq!(a.guard_range().end as usize, a.range().start);
-        let a_top = a.top();
-        // SAFETY: inside the stack's range.
-        unsafe {
-            *(a.range().start as *mut u8) = 1;
-            *a_top.sub(1) = 1;
-        }
-        drop(a);
-        drop(b);
-        drop(c);
-        assert_eq!(pool.free.lock().unwrap().len(), 2, "the third is unmapped");
-
-        let again = stacks.new_stack(64 * 1024, false).unwrap();
-        assert_eq!(pool.free.lock().unwrap().len(), 1);
-        drop(again);
-        // A zeroed stack is never a reused one.
-        let zeroed = stacks.new_stack(64 * 1024, true).unwrap();
-        assert_eq!(pool.free.lock().unwrap().len(), 2);
-        // SAFETY: inside the fresh stack's range.
-        assert_eq!(unsafe { *zeroed.top().sub(1) }, 0);
-        // A stack of another size is mapped afresh.
-        let other = stacks.new_stack(128 * 1024, false).unwrap();
-        assert_eq!(other.range().len(), 128 * 1024);
-        assert_eq!(pool.free.lock().unwrap().len(), 2);
-    }
 
     fn new_memory(memories: &Memories, minimum: usize) -> Box<dyn LinearMemory> {
         let ty = MemoryType::new(1, None);

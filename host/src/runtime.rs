@@ -19,7 +19,7 @@ use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadl
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::config::{Grants, SandboxLimits};
-use crate::mappings::{Memories, MemoryPool, StackPool, Stacks};
+use crate::mappings::{Memories, MemoryPool};
 use crate::topics::{self, InboxSender, Published, Topics};
 use crate::{Error, Result};
 
@@ -29,7 +29,6 @@ pub(crate) mod bindings {
         path: "../wit",
         world: "service",
         imports: { default: trappable },
-        exports: { default: async },
         with: {
             "wasmsocket:service/caller.caller": super::CallerState,
         },
@@ -46,10 +45,6 @@ pub(crate) use bindings::wasmsocket::service::types::{
 
 /// How often the epoch advances; callback deadlines are counted in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
-
-/// Fiber stacks kept for reuse after their connections end (each about 2 MiB of
-/// address space, and the few pages its calls touched).
-const KEPT_STACKS: usize = 1024;
 
 /// Linear memories kept, zeroed, for reuse after their connections end (each a
 /// reservation of address space, kernel mappings, and the pages its guest wrote, now
@@ -77,25 +72,23 @@ impl Runtime {
     pub(crate) fn new(topics: Arc<Topics>) -> Result<Self> {
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
-        // Every isolated connection maps a linear memory and a fiber stack, and Linux
-        // caps a process's mappings (vm.max_map_count, 65530 by default). No guard
-        // region in front of linear memory and no copy-on-write image mapping in the
-        // middle of it took a connection from 7 mappings to 4 (bounds checks are still
-        // elided: the 4 GiB reservation stays); the host's own mappings (below) merge
-        // with their neighbours, down to 3.
+        // Every isolated connection maps a linear memory, and Linux caps a process's
+        // mappings (vm.max_map_count, 65530 by default). No guard region in front of
+        // linear memory and no copy-on-write image mapping in the middle of it took a
+        // connection from 7 mappings to 4 (bounds checks are still elided: the 4 GiB
+        // reservation stays); the host's own mappings (below) merge with their
+        // neighbours, down to 3, and no fiber stack (synchronous calls) to 2.
         config.guard_before_linear_memory(false);
         config.memory_init_cow(false);
-        // Guest calls are async (so the WASI streams work inside tokio, and a busy
-        // guest yields to other connections every tick), but the component-model
-        // concurrency machinery is not used: it would double the cost of each call.
+        // Guest calls are synchronous, on the worker thread's own stack (decision 4),
+        // and the component-model concurrency machinery is not used.
         config.concurrency_support(false);
-        // Stacks and memories of ended connections serve new ones: no map, unmap
-        // (and cross-core TLB flush) and page faults per connection.
-        config.with_host_stack(Arc::new(Stacks(StackPool::new(KEPT_STACKS))));
+        // Memories of ended connections serve new ones: no map, unmap (and cross-core
+        // TLB flush) and page faults per connection.
         config.with_host_memory(Arc::new(Memories(MemoryPool::new(KEPT_MEMORIES))));
         let engine = Engine::new(&config).map_err(Error::Engine)?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(Error::Engine)?;
+        crate::wasi::add_to_linker(&mut linker).map_err(Error::Engine)?;
         bindings::Service::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
             &mut linker,
             |data: &mut StoreData| data,
@@ -126,7 +119,7 @@ impl Runtime {
     }
 
     /// Compiles and links a component, and asks it which callbacks it implements.
-    pub(crate) async fn load(
+    pub(crate) fn load(
         &self,
         service: &str,
         path: &Path,
@@ -165,8 +158,8 @@ impl Runtime {
             pool: shared_instances.map(Pool::new),
             memory_gauge,
         };
-        let mut instance = loaded.instantiate().await.map_err(error)?;
-        loaded.callbacks = instance.implemented_callbacks().await.map_err(error)?;
+        let mut instance = loaded.instantiate().map_err(error)?;
+        loaded.callbacks = instance.implemented_callbacks().map_err(error)?;
         Ok(loaded)
     }
 }
@@ -196,7 +189,7 @@ impl ServiceComponent {
     /// isolated mode, one of the pool's in shared mode.
     pub(crate) async fn instance(&self) -> wasmtime::Result<InstanceHandle> {
         match &self.pool {
-            None => Ok(InstanceHandle::Own(Box::new(self.instantiate().await?))),
+            None => Ok(InstanceHandle::Own(Box::new(self.instantiate()?))),
             Some(pool) => Ok(InstanceHandle::Shared(pool.get(self).await?)),
         }
     }
@@ -211,6 +204,12 @@ impl ServiceComponent {
     fn wasi(&self) -> wasmtime::Result<WasiCtx> {
         let mut builder = WasiCtx::builder();
         builder.inherit_stdout().inherit_stderr();
+        // No sockets at all: not even one that could never connect (the sockets'
+        // synchronous bindings may block on tokio where it is not allowed: see wasi.rs).
+        builder
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
         for (key, value) in &self.grants.env {
             builder.env(key, value);
         }
@@ -226,7 +225,7 @@ impl ServiceComponent {
     }
 
     /// A fresh instance in a store of its own.
-    pub(crate) async fn instantiate(&self) -> wasmtime::Result<Instance> {
+    pub(crate) fn instantiate(&self) -> wasmtime::Result<Instance> {
         let entries = if self.pool.is_some() {
             MAX_SHARED_ENTRIES
         } else {
@@ -260,24 +259,29 @@ impl ServiceComponent {
             .as_millis()
             .div_ceil(EPOCH_TICK.as_millis())
             .max(1) as u64;
-        // Every tick a running guest yields to the executor, until its callback's
-        // budget is spent: then it traps.
-        store.epoch_deadline_callback(|mut store| {
+        // A guest runs until its callback's budget of ticks is spent: then it traps.
+        // Once it has run for more than a tick, the worker's other tasks move to
+        // another thread.
+        store.epoch_deadline_callback(move |mut store| {
             let data = store.data_mut();
             if data.ticks_left <= 1 {
                 return Ok(UpdateDeadline::Interrupt);
             }
             data.ticks_left -= 1;
-            Ok(UpdateDeadline::Yield(1))
+            if data.ticks_left == ticks - 2 {
+                crate::wasi::hand_off_worker();
+            }
+            Ok(UpdateDeadline::Continue(1))
         });
         let mut instance = Instance {
             store,
             bindings: None,
             ticks,
             trapped: false,
+            blocking: !self.grants.dirs.is_empty(),
         };
         instance.arm_deadline();
-        let bindings = self.pre.instantiate_async(&mut instance.store).await?;
+        let bindings = instance.run(|store| self.pre.instantiate(store))?;
         instance.bindings = Some(bindings);
         Ok(instance)
     }
@@ -685,6 +689,8 @@ pub(crate) struct Instance {
     /// A call trapped: the store must not run guest code again (isolated mode; a
     /// shared instance's flag is its `SharedInstance::poisoned`).
     trapped: bool,
+    /// Calls run where they may block (see [`Instance::run`]).
+    blocking: bool,
 }
 
 /// What a callback left for its connection (see [`Instance::after_callback`]).
@@ -762,17 +768,27 @@ impl Instance {
             .wasmsocket_service_handler())
     }
 
-    async fn implemented_callbacks(&mut self) -> wasmtime::Result<Callbacks> {
+    fn implemented_callbacks(&mut self) -> wasmtime::Result<Callbacks> {
         self.arm_deadline();
         let handler = self.handler()?.clone();
-        handler.call_implemented_callbacks(&mut self.store).await
+        self.run(|store| handler.call_implemented_callbacks(store))
+    }
+
+    /// Runs a call into the guest: on this thread, or (for a guest granted
+    /// directories, whose file operations block on tokio) where it may block.
+    fn run<R>(&mut self, call: impl FnOnce(&mut Store<StoreData>) -> R) -> R {
+        if self.blocking {
+            crate::wasi::blocking(|| call(&mut self.store))
+        } else {
+            call(&mut self.store)
+        }
     }
 
     /// Runs the upgrade hook. `Err` is a trap.
-    pub(crate) async fn upgrade(&mut self, request: &UpgradeRequest) -> wasmtime::Result<Decision> {
+    pub(crate) fn upgrade(&mut self, request: &UpgradeRequest) -> wasmtime::Result<Decision> {
         self.arm_deadline();
         let handler = self.handler()?.clone();
-        let decision = handler.call_upgrade(&mut self.store, request).await?;
+        let decision = self.run(|store| handler.call_upgrade(store, request))?;
         Ok(match decision {
             Ok(Acceptance {
                 session,
@@ -854,13 +870,13 @@ impl Instance {
 
     /// Ends a connection in a shared instance: its subscriptions and timers, its
     /// caller, and its session resource (the guest's destructor runs). `Err` is a trap.
-    pub(crate) async fn end(&mut self, session: Session) -> wasmtime::Result<()> {
+    pub(crate) fn end(&mut self, session: Session) -> wasmtime::Result<()> {
         self.release(&session);
         if let Some(caller) = session.caller {
             self.store.data_mut().table.delete(caller)?;
         }
         self.arm_deadline();
-        session.session.resource_drop_async(&mut self.store).await
+        self.run(|store| session.session.resource_drop(store))
     }
 
     /// Ends the connection's subscriptions and timers.
@@ -879,7 +895,7 @@ impl Instance {
 
     /// Delivers `event` to the session. The outer `Err` is a trap; the inner one the
     /// session's own error.
-    pub(crate) async fn dispatch(
+    pub(crate) fn dispatch(
         &mut self,
         session: &Session,
         event: Event<'_>,
@@ -891,25 +907,23 @@ impl Instance {
         let borrow = || Resource::<CallerState>::new_borrow(caller.rep());
         self.arm_deadline();
         let handler = self.handler()?.clone();
-        let api = handler.session();
-        let store = &mut self.store;
         let this = session.session;
-        match event {
-            Event::Open => api.call_on_open(store, this, borrow()).await,
-            Event::Text(data) => api.call_on_text_message(store, this, borrow(), data).await,
-            Event::Binary(data) => {
-                api.call_on_binary_message(store, this, borrow(), data)
-                    .await
+        self.run(|store| {
+            let api = handler.session();
+            match event {
+                Event::Open => api.call_on_open(store, this, borrow()),
+                Event::Text(data) => api.call_on_text_message(store, this, borrow(), data),
+                Event::Binary(data) => api.call_on_binary_message(store, this, borrow(), data),
+                Event::Ping(data) => api.call_on_ping(store, this, borrow(), data),
+                Event::Pong(data) => api.call_on_pong(store, this, borrow(), data),
+                Event::IdleTimeout => api.call_on_idle_timeout(store, this, borrow()),
+                Event::Close(code, reason) => {
+                    api.call_on_close(store, this, borrow(), code, reason)
+                }
+                Event::Error(message) => api.call_on_error(store, this, borrow(), message),
+                Event::Timer(id) => api.call_on_timer(store, this, borrow(), id),
             }
-            Event::Ping(data) => api.call_on_ping(store, this, borrow(), data).await,
-            Event::Pong(data) => api.call_on_pong(store, this, borrow(), data).await,
-            Event::IdleTimeout => api.call_on_idle_timeout(store, this, borrow()).await,
-            Event::Close(code, reason) => {
-                api.call_on_close(store, this, borrow(), code, reason).await
-            }
-            Event::Error(message) => api.call_on_error(store, this, borrow(), message).await,
-            Event::Timer(id) => api.call_on_timer(store, this, borrow(), id).await,
-        }
+        })
     }
 
     /// What the last callback left for the connection, in one look at its caller:
@@ -973,7 +987,7 @@ impl Pool {
             return Ok(shared.clone());
         }
         let shared = Arc::new(SharedInstance {
-            instance: tokio::sync::Mutex::new(component.instantiate().await?),
+            instance: tokio::sync::Mutex::new(component.instantiate()?),
             poisoned: tokio::sync::watch::channel(false).0,
         });
         *slot = Some(shared.clone());
@@ -1085,7 +1099,7 @@ impl InstanceHandle {
                     instance.release(&session);
                     return;
                 }
-                if let Err(trap) = Box::pin(instance.end(session)).await {
+                if let Err(trap) = instance.end(session) {
                     tracing::warn!("{}", describe_trap(&trap));
                     shared.poisoned.send_replace(true);
                 }

@@ -63,9 +63,9 @@ pub(crate) struct Service {
     pub(crate) metrics: Arc<ServiceMetrics>,
 }
 
-/// Kernel memory mappings an isolated connection takes: its linear memory and its fiber
-/// stack, each with a guard (measured: 3, as neighbouring ones merge).
-const MAPPINGS_PER_INSTANCE: usize = 3;
+/// Kernel memory mappings an isolated connection takes: its linear memory and the
+/// reservation behind it (measured: 2, as neighbouring ones merge).
+const MAPPINGS_PER_INSTANCE: usize = 2;
 
 /// Warns when the isolated services' `max_connections` would need more memory
 /// mappings than the kernel allows a process (`vm.max_map_count`): past that, upgrades
@@ -141,7 +141,7 @@ impl Service {
         })?;
         let modified = modified(&config);
         let metrics = metrics.service(&config.path);
-        let component = Self::compile(runtime, &config, &metrics).await?;
+        let component = Self::compile(runtime, &config, &metrics)?;
         Ok(Self {
             config,
             component: std::sync::RwLock::new(Arc::new(component)),
@@ -152,22 +152,20 @@ impl Service {
         })
     }
 
-    async fn compile(
+    fn compile(
         runtime: &Runtime,
         config: &ServiceConfig,
         metrics: &ServiceMetrics,
     ) -> Result<ServiceComponent> {
-        runtime
-            .load(
-                &config.path,
-                &config.component,
-                &config.limits,
-                &config.grants,
-                (config.mode == crate::config::InstanceMode::Shared)
-                    .then(|| config.shared_instance_count()),
-                metrics.memory.clone(),
-            )
-            .await
+        runtime.load(
+            &config.path,
+            &config.component,
+            &config.limits,
+            &config.grants,
+            (config.mode == crate::config::InstanceMode::Shared)
+                .then(|| config.shared_instance_count()),
+            metrics.memory.clone(),
+        )
     }
 
     /// The component a new connection runs.
@@ -183,7 +181,7 @@ impl Service {
     /// serving.
     async fn reload(&self, runtime: &Runtime) -> Result<()> {
         *self.loaded.lock().unwrap_or_else(|e| e.into_inner()) = modified(&self.config);
-        let component = Self::compile(runtime, &self.config, &self.metrics).await?;
+        let component = Self::compile(runtime, &self.config, &self.metrics)?;
         *self.component.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(component);
         Ok(())
     }
