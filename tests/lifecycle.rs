@@ -109,3 +109,47 @@ async fn immediate_stop_drops_connections() {
         .unwrap()
         .unwrap();
 }
+
+/// A config serving the faulty component at `/faulty`, granted `dir` as `/data`.
+fn granted(dir: &std::path::Path) -> Config {
+    Config::parse(&format!(
+        "[listener]\nhost = \"127.0.0.1\"\nport = 0\n\n\
+         [[service]]\npath = \"/faulty\"\ncomponent = {:?}\n\
+         [service.grants]\ndirs = [{{ host = {:?}, guest = \"/data\" }}]\n",
+        components::FAULTY,
+        dir
+    ))
+    .unwrap()
+}
+
+/// A guest granted directories blocks its thread on file operations, which only
+/// tokio's multi-thread runtime allows: on a current-thread runtime (this test's)
+/// the service is refused at once with a clear error, not a panic at its first file
+/// operation.
+#[tokio::test]
+async fn granted_directories_need_the_multi_thread_runtime() {
+    let config = granted(&wasmsocket_tests::scratch_dir("grants"));
+    let error = Server::bind(config)
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(error.contains("multi-thread runtime"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn granted_directories_work_on_the_multi_thread_runtime() {
+    let dir = wasmsocket_tests::scratch_dir("grants");
+    std::fs::write(dir.join("motd.txt"), "granted").unwrap();
+    let server = Server::bind(granted(&dir)).await.unwrap();
+    let url = format!("ws://{}/faulty", server.local_addr());
+    let serving = tokio::spawn(server.serve());
+    let (mut client, _) = connect_async(&url).await.unwrap();
+    client
+        .send(Message::text("read /data/motd.txt"))
+        .await
+        .unwrap();
+    let reply = tokio::time::timeout(STEP, client.next()).await.unwrap();
+    assert_eq!(reply.unwrap().unwrap(), Message::text("granted"));
+    serving.abort();
+}

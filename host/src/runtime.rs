@@ -139,6 +139,16 @@ impl Runtime {
                 });
             }
         }
+        if !grants.dirs.is_empty() && !crate::wasi::on_multi_thread_runtime() {
+            // Its file operations block on tokio, which only the multi-thread
+            // runtime allows (`block_in_place`; see wasi.rs).
+            return Err(Error::ConfigInvalid {
+                path: Default::default(),
+                message: format!(
+                    "service {service}: grants.dirs needs tokio's multi-thread runtime"
+                ),
+            });
+        }
         let error = |source: wasmtime::Error| Error::Component {
             service: service.to_owned(),
             path: path.to_owned(),

@@ -122,7 +122,8 @@ pub(crate) fn hand_off_worker() {
 /// How long [`hand_off_worker`] gives the new worker thread to start.
 const HAND_OFF_WAIT: std::time::Duration = std::time::Duration::from_millis(1);
 
-fn on_multi_thread_runtime() -> bool {
+/// Whether this thread runs tokio's multi-thread runtime (where `block_in_place` works).
+pub(crate) fn on_multi_thread_runtime() -> bool {
     matches!(
         Handle::try_current().map(|handle| handle.runtime_flavor()),
         Ok(RuntimeFlavor::MultiThread)
