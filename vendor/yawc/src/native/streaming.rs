@@ -198,11 +198,24 @@ where
         // `Framed::with_capacity` cannot, but it also raises both buffers to 8 KiB.
         // Swap in buffers of the configured size afterwards.
         let mut framed = Framed::from_parts(parts);
-        if let Some(capacity) = negotiated.read_buffer_capacity {
-            set_capacity(framed.read_buffer_mut(), capacity);
-        }
-        if let Some(capacity) = negotiated.write_buffer_capacity {
-            set_capacity(framed.write_buffer_mut(), capacity);
+        if negotiated.release_idle_buffers {
+            // Idle from the start: no buffer until the first read or write, which
+            // takes one of the configured size (see `spare`). The 8 KiB ones
+            // `from_parts` made are freed, not kept: the spare list is for buffers of
+            // the configured sizes.
+            if framed.read_buffer().is_empty() {
+                *framed.read_buffer_mut() = BytesMut::new();
+            } else if let Some(capacity) = negotiated.read_buffer_capacity {
+                set_capacity(framed.read_buffer_mut(), capacity);
+            }
+            *framed.write_buffer_mut() = BytesMut::new();
+        } else {
+            if let Some(capacity) = negotiated.read_buffer_capacity {
+                set_capacity(framed.read_buffer_mut(), capacity);
+            }
+            if let Some(capacity) = negotiated.write_buffer_capacity {
+                set_capacity(framed.write_buffer_mut(), capacity);
+            }
         }
         if let Some(boundary) = negotiated.max_backpressure_write_boundary {
             framed.set_backpressure_boundary(boundary);
@@ -717,6 +730,9 @@ mod capacity_tests {
         let negotiated = Negotiation::new(None, &options, Role::Client).unwrap();
         let (io, mut peer) = duplex(64 * 1024);
         let mut stream = Streaming::new(Role::Client, io, Bytes::new(), &negotiated);
+        // A fresh connection holds no buffer until it reads or writes.
+        assert_eq!(stream.stream.read_buffer().capacity(), 0);
+        assert_eq!(stream.stream.write_buffer().capacity(), 0);
 
         // Nothing to read: the read finds nothing and frees the buffer.
         let waker = futures::task::noop_waker();
@@ -742,6 +758,27 @@ mod capacity_tests {
         peer.read_exact(&mut head).await.unwrap();
         assert_eq!(head[0], 0x82);
         assert_eq!(head[1] & 0x7f, 3);
+    }
+
+    #[tokio::test]
+    async fn idle_buffers_released_keep_upgrade_bytes() {
+        let options = Options::default()
+            .with_read_buffer_capacity(16 * 1024)
+            .with_idle_buffers_released();
+        let negotiated = Negotiation::new(None, &options, Role::Client).unwrap();
+        let (io, _peer) = duplex(1);
+        let mut stream = Streaming::new(
+            Role::Client,
+            io,
+            Bytes::from_static(b"\x82\x03abc"),
+            &negotiated,
+        );
+        assert_eq!(stream.stream.read_buffer().capacity(), 16 * 1024);
+        assert_eq!(stream.stream.write_buffer().capacity(), 0);
+        assert_eq!(
+            stream.next_frame().await.unwrap().payload().as_ref(),
+            b"abc"
+        );
     }
 
     #[tokio::test]
