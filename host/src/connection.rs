@@ -84,15 +84,21 @@ where
             // The handshake's state is dropped before the connection's runs; both are
             // boxed so that neither sizes this future (a task is as large as its
             // largest state, and idle connections should carry little).
-            let handshake = websocket(shared, service, io, &request, key, leftover, remote, secure);
-            let connection = Box::pin(handshake).await;
+            // (A value still in scope at an `.await` keeps its space in this future
+            // even once moved: the connection is moved into its box in a scope that
+            // ends first.)
+            let handshake = Box::pin(websocket(
+                shared, service, io, &request, key, leftover, remote, secure,
+            ));
+            let serving = match handshake.await {
+                Some(connection) => Box::pin(connection.serve()),
+                None => return,
+            };
             // The request is answered: its headers and read buffer are not kept for
             // the connection's life.
             drop(request);
             drop(buf);
-            if let Some(connection) = connection {
-                Box::pin(connection.serve()).await;
-            }
+            serving.await;
             return;
         }
 
@@ -563,8 +569,23 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     /// Runs the connection to its end, then ends its session.
-    async fn serve(mut self) {
-        self.run().await;
+    ///
+    /// Not an `async fn`: one would store the connection twice (its argument and its
+    /// binding), and this future lives as long as the connection.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn stores its argument twice (see above)"
+    )]
+    fn serve(mut self) -> impl Future<Output = ()> {
+        async move {
+            self.run().await;
+            // Boxed, so the connection's future is not also sized for the ending.
+            Box::pin(self.finish()).await;
+        }
+    }
+
+    /// Ends the connection's session.
+    async fn finish(self) {
         let Connection {
             mut instance,
             session,
@@ -645,7 +666,7 @@ where
                 alarm = &mut alarm => {
                     if let Alarm::Poisoned = alarm {
                         // Another connection's callback trapped in the shared instance.
-                        self.close(1011, "internal error", CLOSE_TIMEOUT).await;
+                        Box::pin(self.close(1011, "internal error", CLOSE_TIMEOUT)).await;
                         return;
                     }
                     if self.shutdown.is_immediate() {
@@ -654,7 +675,7 @@ where
                     }
                     debug!("server stopping: closing with 1001");
                     let grace = self.shutdown.grace();
-                    self.close(1001, "server shutting down", grace).await;
+                    Box::pin(self.close(1001, "server shutting down", grace)).await;
                     return;
                 }
             };
@@ -731,7 +752,7 @@ where
             return Next::Continue;
         }
         if self.instance.is_poisoned() {
-            self.close(1011, "internal error", CLOSE_TIMEOUT).await;
+            Box::pin(self.close(1011, "internal error", CLOSE_TIMEOUT)).await;
             return Next::Stop;
         }
         match self.call(event).await {
@@ -747,11 +768,11 @@ where
                 if let Next::Stop = self.queue_outbox().await {
                     return Next::Stop;
                 }
-                self.close(code, &reason, CLOSE_TIMEOUT).await;
+                Box::pin(self.close(code, &reason, CLOSE_TIMEOUT)).await;
                 Next::Stop
             }
             None => {
-                self.close(1011, "internal error", CLOSE_TIMEOUT).await;
+                Box::pin(self.close(1011, "internal error", CLOSE_TIMEOUT)).await;
                 Next::Stop
             }
         }
@@ -829,7 +850,7 @@ where
                         debug!(%error, "write failed");
                         return Next::Stop;
                     }
-                    self.close(code, &reason, timeout).await;
+                    Box::pin(self.close(code, &reason, timeout)).await;
                     return Next::Stop;
                 }
             };
@@ -867,6 +888,10 @@ where
 
     /// Sends a close frame, waits up to `timeout` for the peer's, and shuts the socket.
     /// The session's `on-close` runs if the peer's close frame arrives.
+    ///
+    /// Callers box this future: it runs once per connection, and inline it would add
+    /// its size (a timeout, a send, a last callback) to every connection's future for
+    /// the connection's whole life.
     async fn close(&mut self, code: u16, reason: &str, timeout: Duration) {
         self.metrics.closed(code, false);
         let _ = self.instance.lock().await.mark_closing(&self.session);

@@ -355,17 +355,30 @@ impl Server {
                 service = tracing::field::Empty
             );
             let guard = self.shared.shutdown.track();
+            // Every connection's task lives as long as the connection: what it holds
+            // is boxed, and a TLS stream is moved into its box in a scope that ends
+            // before the `.await` (a value in scope there keeps its space in the task,
+            // moved or not).
             let task = async move {
                 match &shared.tls {
                     None => Box::pin(connection::serve(&shared, stream, remote, false)).await,
                     Some((acceptor, limit)) => {
                         let accept = Box::pin(acceptor.accept(stream));
-                        match tokio::time::timeout(*limit, accept).await {
+                        let serving = match tokio::time::timeout(*limit, accept).await {
                             Ok(Ok(tls)) => {
-                                Box::pin(connection::serve(&shared, tls, remote, true)).await
+                                Some(Box::pin(connection::serve(&shared, tls, remote, true)))
                             }
-                            Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
-                            Err(_) => tracing::debug!("TLS handshake timed out"),
+                            Ok(Err(error)) => {
+                                tracing::debug!(%error, "TLS handshake failed");
+                                None
+                            }
+                            Err(_) => {
+                                tracing::debug!("TLS handshake timed out");
+                                None
+                            }
+                        };
+                        if let Some(serving) = serving {
+                            serving.await;
                         }
                     }
                 }
