@@ -28,8 +28,39 @@ use crate::topics::{self, Published};
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves one accepted TCP connection: plain HTTP requests (kept alive as
-/// `http1_settings` says) until one upgrades to a WebSocket.
-pub(crate) async fn serve<S>(shared: &Shared, mut io: S, remote: SocketAddr, secure: bool)
+/// `http1_settings` says) until one upgrades to a WebSocket, then the WebSocket.
+///
+/// What this future holds lives as long as the connection, so the HTTP phase (with the
+/// socket and its buffers) is boxed here, before the future starts, and freed before
+/// the WebSocket runs, in a box of its own. (A value in scope at an `.await` keeps its
+/// space in the future even once moved; an `async fn` stores its arguments too.)
+pub(crate) fn serve<S>(
+    shared: &Shared,
+    io: S,
+    remote: SocketAddr,
+    secure: bool,
+) -> impl Future<Output = ()> + '_
+where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    let http = Box::pin(http(shared, io, remote, secure));
+    async move {
+        let serving = match http.await {
+            Some(connection) => Box::pin(connection.serve()),
+            None => return,
+        };
+        serving.await;
+    }
+}
+
+/// The HTTP phase of a connection: plain requests until one upgrades; the WebSocket
+/// connection, ready to run, or `None` when the connection ended without one.
+async fn http<S>(
+    shared: &Shared,
+    mut io: S,
+    remote: SocketAddr,
+    secure: bool,
+) -> Option<Connection<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -50,7 +81,7 @@ where
                         debug!(%remote, "request timed out");
                         let _ = http::respond(&mut io, 408, &[], server, "request timeout").await;
                     }
-                    return;
+                    return None;
                 }
             },
             None => read.await,
@@ -65,12 +96,12 @@ where
                 } else if error != ReadError::Closed {
                     debug!(%remote, ?error, "bad request");
                 }
-                return;
+                return None;
             }
         };
         if request.body_exceeds(listener.request_limits.max_entity_body_size) {
             let _ = http::respond(&mut io, 413, &[], server, "payload too large").await;
-            return;
+            return None;
         }
         let service = shared
             .services
@@ -81,25 +112,12 @@ where
         let upgrade = request.upgrade();
         if let (Some(service), Upgrade::WebSocket { key }) = (&service, &upgrade) {
             let leftover = buf.split().freeze();
-            // The handshake's state is dropped before the connection's runs; both are
-            // boxed so that neither sizes this future (a task is as large as its
-            // largest state, and idle connections should carry little).
-            // (A value still in scope at an `.await` keeps its space in this future
-            // even once moved: the connection is moved into its box in a scope that
-            // ends first.)
-            let handshake = Box::pin(websocket(
+            // The request's headers and read buffer go with this future once the
+            // upgrade is answered.
+            return Box::pin(websocket(
                 shared, service, io, &request, key, leftover, remote, secure,
-            ));
-            let serving = match handshake.await {
-                Some(connection) => Box::pin(connection.serve()),
-                None => return,
-            };
-            // The request is answered: its headers and read buffer are not kept for
-            // the connection's life.
-            drop(request);
-            drop(buf);
-            serving.await;
-            return;
+            ))
+            .await;
         }
 
         // A plain HTTP exchange; the body, if any, is not used.
@@ -112,13 +130,13 @@ where
                 "request bodies must have a content-length",
             )
             .await;
-            return;
+            return None;
         };
         if http::discard_body(&mut io, &mut buf, body_length)
             .await
             .is_err()
         {
-            return;
+            return None;
         }
         pipelined = if buf.is_empty() { 0 } else { pipelined + 1 };
         let settings = &listener.http1_settings;
@@ -163,7 +181,7 @@ where
             }
         };
         if answered.is_err() || !keep_alive {
-            return;
+            return None;
         }
     }
 }

@@ -355,19 +355,17 @@ impl Server {
                 service = tracing::field::Empty
             );
             let guard = self.shared.shutdown.track();
-            // Every connection's task lives as long as the connection: what it holds
-            // is boxed, and a TLS stream is moved into its box in a scope that ends
-            // before the `.await` (a value in scope there keeps its space in the task,
-            // moved or not).
+            // Every connection's task lives as long as the connection, so it holds
+            // little: `connection::serve` boxes what it needs, and a TLS stream is
+            // handed over in a scope that ends before the `.await` (a value in scope
+            // there keeps its space in the task, moved or not).
             let task = async move {
                 match &shared.tls {
-                    None => Box::pin(connection::serve(&shared, stream, remote, false)).await,
+                    None => connection::serve(&shared, stream, remote, false).await,
                     Some((acceptor, limit)) => {
                         let accept = Box::pin(acceptor.accept(stream));
                         let serving = match tokio::time::timeout(*limit, accept).await {
-                            Ok(Ok(tls)) => {
-                                Some(Box::pin(connection::serve(&shared, tls, remote, true)))
-                            }
+                            Ok(Ok(tls)) => Some(connection::serve(&shared, tls, remote, true)),
                             Ok(Err(error)) => {
                                 tracing::debug!(%error, "TLS handshake failed");
                                 None
