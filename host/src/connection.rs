@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -620,15 +621,22 @@ where
             return;
         }
         // Made once, and polled only when woken: both wait on something every
-        // connection shares.
-        let poisoned = self.instance.poisoned();
+        // connection shares. Boxed, and only as large as the mode needs: an isolated
+        // instance has no other connections to be poisoned by.
         let stopping = self.shutdown.stopping();
-        let mut alarm = Quiet::new(async move {
-            tokio::select! {
-                () = poisoned => Alarm::Poisoned,
-                () = stopping => Alarm::Stopping,
-            }
-        });
+        let alarm: Pin<Box<dyn Future<Output = Alarm> + Send>> = match self.instance.poisoned() {
+            None => Box::pin(async move {
+                stopping.await;
+                Alarm::Stopping
+            }),
+            Some(poisoned) => Box::pin(async move {
+                tokio::select! {
+                    () = poisoned => Alarm::Poisoned,
+                    () = stopping => Alarm::Stopping,
+                }
+            }),
+        };
+        let mut alarm = Quiet::new(alarm);
         loop {
             if self.unflushed {
                 self.unflushed = false;

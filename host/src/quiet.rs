@@ -16,8 +16,9 @@ use std::task::{Context, Poll, Wake, Waker};
 use futures_util::task::AtomicWaker;
 
 /// Wraps `future` so that polling it when it has not been woken costs two atomics.
+/// (`F` is `Unpin`: a boxed future, sized for what it is.)
 pub(crate) struct Quiet<F> {
-    future: Pin<Box<F>>,
+    future: F,
     signal: Arc<Signal>,
     waker: Waker,
 }
@@ -39,7 +40,7 @@ impl Wake for Signal {
     }
 }
 
-impl<F: Future> Quiet<F> {
+impl<F: Future + Unpin> Quiet<F> {
     pub(crate) fn new(future: F) -> Self {
         let signal = Arc::new(Signal {
             // The first poll always reaches the future, so it can register its waker.
@@ -47,14 +48,14 @@ impl<F: Future> Quiet<F> {
             task: AtomicWaker::new(),
         });
         Self {
-            future: Box::pin(future),
+            future,
             waker: Waker::from(signal.clone()),
             signal,
         }
     }
 }
 
-impl<F: Future> Future for Quiet<F> {
+impl<F: Future + Unpin> Future for Quiet<F> {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
@@ -64,9 +65,7 @@ impl<F: Future> Future for Quiet<F> {
         if !this.signal.woken.swap(false, Ordering::AcqRel) {
             return Poll::Pending;
         }
-        this.future
-            .as_mut()
-            .poll(&mut Context::from_waker(&this.waker))
+        Pin::new(&mut this.future).poll(&mut Context::from_waker(&this.waker))
     }
 }
 

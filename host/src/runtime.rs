@@ -1082,20 +1082,15 @@ impl InstanceHandle {
     }
 
     /// Resolves when a call for another connection poisons the shared instance;
-    /// never in isolated mode.
-    pub(crate) fn poisoned(&self) -> impl Future<Output = ()> + Send + 'static {
-        let watch = match self {
-            InstanceHandle::Own(_) => None,
-            InstanceHandle::Shared(shared) => Some(shared.poisoned.subscribe()),
+    /// `None` in isolated mode, where no other connection can.
+    pub(crate) fn poisoned(&self) -> Option<impl Future<Output = ()> + Send + 'static> {
+        let InstanceHandle::Shared(shared) = self else {
+            return None;
         };
-        async move {
-            match watch {
-                None => std::future::pending().await,
-                Some(mut watch) => {
-                    let _ = watch.wait_for(|poisoned| *poisoned).await;
-                }
-            }
-        }
+        let mut watch = shared.poisoned.subscribe();
+        Some(async move {
+            let _ = watch.wait_for(|poisoned| *poisoned).await;
+        })
     }
 
     /// Ends the connection's part: releases its subscriptions and timers; in shared

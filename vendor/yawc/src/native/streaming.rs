@@ -166,9 +166,9 @@ pub struct Streaming<S> {
     // pings are answered by the application, not here
     manual_pong: bool,
     // compressor
-    deflate: Option<Compressor>,
+    deflate: Option<Box<Compressor>>,
     // decompressor
-    inflate: Option<Decompressor>,
+    inflate: Option<Box<Decompressor>>,
     max_payload_read: usize,
     // messages sent as one frame below this size are not compressed
     compression_threshold: usize,
@@ -230,8 +230,8 @@ where
             flush_sends: false,
             close_sent: false,
             manual_pong: negotiated.manual_pong,
-            deflate: negotiated.compressor(),
-            inflate: negotiated.decompressor(),
+            deflate: negotiated.compressor().map(Box::new),
+            inflate: negotiated.decompressor().map(Box::new),
             max_payload_read: negotiated.max_payload_read,
             compression_threshold: negotiated.compression_threshold,
             read_buffer_capacity: negotiated
