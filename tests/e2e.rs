@@ -691,6 +691,26 @@ async fn ticker() {
     );
 }
 
+/// Spec 3.1.1 `idleTimeout` counts from the last frame: a connection that keeps
+/// talking for three times its idle timeout never hears `on_idle_timeout`, and hears it
+/// once it falls silent.
+#[tokio::test]
+async fn idle_timeout_counts_from_the_last_frame() {
+    let host = Host::with_service("/ticker", components::TICKER, "idle_timeout = 0.4");
+    let mut client = connect(&host.url("/ticker?every=100000")).await;
+    let talking = tokio::time::Instant::now();
+    while talking.elapsed() < Duration::from_millis(1200) {
+        client.send(Message::text("stop")).await.unwrap();
+        assert_eq!(next(&mut client).await, Message::text("stopped at tick 0"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(next(&mut client).await, Message::text("idle: closing"));
+    assert_eq!(
+        expect_close(&mut client).await,
+        (1000, "idle timeout".to_owned())
+    );
+}
+
 /// Spec 2.1 `requestLimits.maxEntityBodySize`: a declared body over the limit gets 413.
 #[tokio::test]
 async fn entity_body_limit() {

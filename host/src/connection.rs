@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures_util::{FutureExt, SinkExt};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::time::Sleep;
 use tracing::{debug, info, warn};
 
 use crate::auth::Verdict;
@@ -184,6 +185,14 @@ where
         if answered.is_err() || !keep_alive {
             return None;
         }
+    }
+}
+
+/// Waits for `sleep`; forever without one.
+async fn wait(sleep: &mut Option<Pin<Box<Sleep>>>) {
+    match sleep {
+        Some(sleep) => sleep.await,
+        None => std::future::pending().await,
     }
 }
 
@@ -637,6 +646,16 @@ where
             }),
         };
         let mut alarm = Quiet::new(alarm);
+        // The idle timeout's and the session's timers' sleeps: made when needed, kept
+        // across turns (not made and registered anew for every message), boxed so
+        // that a connection without them carries nothing. The idle sleep fires at the
+        // deadline it was set to; activity since only moves `idle_due`, and the sleep
+        // is reset to that when it fires early.
+        let mut idle = self
+            .idle_timeout
+            .map(|limit| Box::pin(tokio::time::sleep(limit)));
+        let mut idle_due = idle.as_ref().map(|sleep| sleep.deadline());
+        let mut timer: Option<Pin<Box<Sleep>>> = None;
         loop {
             if self.unflushed {
                 self.unflushed = false;
@@ -645,31 +664,43 @@ where
                     return;
                 }
             }
-            let idle_timeout = self.idle_timeout;
-            let idle = async move {
-                match idle_timeout {
-                    Some(limit) => tokio::time::sleep(limit).await,
-                    None => std::future::pending().await,
+            match (self.next_due, &mut timer) {
+                (None, _) => timer = None,
+                (Some(due), Some(sleep)) => {
+                    if sleep.deadline() != due {
+                        sleep.as_mut().reset(due);
+                    }
                 }
-            };
-            let timer = self.next_due;
-            let timer_due = async move {
-                match timer {
-                    Some(due) => tokio::time::sleep_until(due).await,
-                    None => std::future::pending().await,
-                }
-            };
+                (Some(due), None) => timer = Some(Box::pin(tokio::time::sleep_until(due))),
+            }
             // Every branch is cancel safe: the engine keeps a partly read frame, and a
             // message taken from the inbox is sent before the next turn.
             let received = tokio::select! {
                 received = self.ws.next_frame() => received,
                 Some(published) = receive(&mut self.inbox) => {
+                    idle_due = self.active();
                     if let Next::Stop = self.send_published(published).await {
                         return;
                     }
                     continue;
                 }
-                () = timer_due => {
+                () = wait(&mut idle) => {
+                    let sleep = idle.as_mut().expect("only a sleep wakes");
+                    if let Some(due) = idle_due
+                        && due > sleep.deadline()
+                    {
+                        // Not idle all along: wait for the rest.
+                        sleep.as_mut().reset(due);
+                        continue;
+                    }
+                    idle_due = self.active();
+                    if let Next::Stop = self.deliver(Event::IdleTimeout).await {
+                        return;
+                    }
+                    continue;
+                }
+                () = wait(&mut timer) => {
+                    idle_due = self.active();
                     let due = {
                         let mut instance = self.instance.lock().await;
                         let due = instance.due_timers(&self.session, tokio::time::Instant::now());
@@ -680,12 +711,6 @@ where
                         if let Next::Stop = self.deliver(Event::Timer(id)).await {
                             return;
                         }
-                    }
-                    continue;
-                }
-                () = idle => {
-                    if let Next::Stop = self.deliver(Event::IdleTimeout).await {
-                        return;
                     }
                     continue;
                 }
@@ -705,6 +730,7 @@ where
                     return;
                 }
             };
+            idle_due = self.active();
             let mut next = match received {
                 Ok(frame) => self.on_frame(frame).await,
                 Err(error) => self.on_engine_error(error).await,
@@ -722,6 +748,12 @@ where
                 return;
             }
         }
+    }
+
+    /// When the connection, active now, turns idle (`None` without an idle timeout).
+    fn active(&self) -> Option<tokio::time::Instant> {
+        self.idle_timeout
+            .map(|limit| tokio::time::Instant::now() + limit)
     }
 
     async fn on_frame(&mut self, frame: Frame) -> Next {
