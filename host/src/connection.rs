@@ -717,7 +717,7 @@ where
                 alarm = &mut alarm => {
                     if let Alarm::Poisoned = alarm {
                         // Another connection's callback trapped in the shared instance.
-                        Box::pin(self.close(1011, "internal error", CLOSE_TIMEOUT)).await;
+                        self.close(1011, "internal error", CLOSE_TIMEOUT).await;
                         return;
                     }
                     if self.shutdown.is_immediate() {
@@ -726,7 +726,7 @@ where
                     }
                     debug!("server stopping: closing with 1001");
                     let grace = self.shutdown.grace();
-                    Box::pin(self.close(1001, "server shutting down", grace)).await;
+                    self.close(1001, "server shutting down", grace).await;
                     return;
                 }
             };
@@ -810,7 +810,7 @@ where
             return Next::Continue;
         }
         if self.instance.is_poisoned() {
-            Box::pin(self.close(1011, "internal error", CLOSE_TIMEOUT)).await;
+            self.close(1011, "internal error", CLOSE_TIMEOUT).await;
             return Next::Stop;
         }
         match self.call(event).await {
@@ -826,11 +826,11 @@ where
                 if let Next::Stop = self.queue_outbox().await {
                     return Next::Stop;
                 }
-                Box::pin(self.close(code, &reason, CLOSE_TIMEOUT)).await;
+                self.close(code, &reason, CLOSE_TIMEOUT).await;
                 Next::Stop
             }
             None => {
-                Box::pin(self.close(1011, "internal error", CLOSE_TIMEOUT)).await;
+                self.close(1011, "internal error", CLOSE_TIMEOUT).await;
                 Next::Stop
             }
         }
@@ -908,7 +908,7 @@ where
                         debug!(%error, "write failed");
                         return Next::Stop;
                     }
-                    Box::pin(self.close(code, &reason, timeout)).await;
+                    self.close(code, &reason, timeout).await;
                     return Next::Stop;
                 }
             };
@@ -947,10 +947,20 @@ where
     /// Sends a close frame, waits up to `timeout` for the peer's, and shuts the socket.
     /// The session's `on-close` runs if the peer's close frame arrives.
     ///
-    /// Callers box this future: it runs once per connection, and inline it would add
-    /// its size (a timeout, a send, a last callback) to every connection's future for
-    /// the connection's whole life.
-    async fn close(&mut self, code: u16, reason: &str, timeout: Duration) {
+    /// Boxed: it runs once per connection, and inline it would add its size (a
+    /// timeout, a send, a last callback) to every future that can close, for the
+    /// connection's whole life.
+    fn close<'a>(
+        &'a mut self,
+        code: u16,
+        reason: &'a str,
+        timeout: Duration,
+    ) -> Pin<Box<impl Future<Output = ()> + 'a>> {
+        Box::pin(self.send_close(code, reason, timeout))
+    }
+
+    /// [`Connection::close`], unboxed.
+    async fn send_close(&mut self, code: u16, reason: &str, timeout: Duration) {
         self.metrics.closed(code, false);
         let _ = self.instance.lock().await.mark_closing(&self.session);
         let frame = Frame::close(CloseCode::from(code), truncate_reason(reason));

@@ -82,14 +82,14 @@ fn finish<F: Future>(future: F) -> wasmtime::Result<F::Output> {
     {
         return Ok(output);
     }
-    let handle = Handle::try_current()
-        .map_err(|_| wasmtime::format_err!("a guest waited for I/O outside the host's runtime"))?;
-    match handle.runtime_flavor() {
-        RuntimeFlavor::MultiThread => Ok(tokio::task::block_in_place(|| handle.block_on(future))),
-        _ => Err(wasmtime::format_err!(
+    if !on_multi_thread_runtime() {
+        return Err(wasmtime::format_err!(
             "a guest waited for I/O, which needs tokio's multi-thread runtime"
-        )),
+        ));
     }
+    Ok(tokio::task::block_in_place(|| {
+        Handle::current().block_on(future)
+    }))
 }
 
 /// [`finish`], for stream operations.

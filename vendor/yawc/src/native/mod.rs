@@ -1364,10 +1364,7 @@ where
     }
 
     fn on_frame(&mut self, frame: Frame) -> Result<Option<Frame>> {
-        let frame = match self
-            .fragment_layer
-            .assemble_incoming(frame, self.check_utf8)?
-        {
+        let frame = match self.fragment_layer.assemble_incoming(frame, self.check_utf8)? {
             Some(frame) => frame,
             None => return Ok(None), // Still waiting for more fragments
         };

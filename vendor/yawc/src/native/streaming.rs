@@ -198,24 +198,20 @@ where
         // `Framed::with_capacity` cannot, but it also raises both buffers to 8 KiB.
         // Swap in buffers of the configured size afterwards.
         let mut framed = Framed::from_parts(parts);
-        if negotiated.release_idle_buffers {
-            // Idle from the start: no buffer until the first read or write, which
-            // takes one of the configured size (see `spare`). The 8 KiB ones
-            // `from_parts` made are freed, not kept: the spare list is for buffers of
-            // the configured sizes.
-            if framed.read_buffer().is_empty() {
-                *framed.read_buffer_mut() = BytesMut::new();
-            } else if let Some(capacity) = negotiated.read_buffer_capacity {
-                set_capacity(framed.read_buffer_mut(), capacity);
-            }
+        // With idle buffers released a connection starts without any (unless the
+        // upgrade left bytes to read): its first read or write takes one of the
+        // configured size (see `spare`). The 8 KiB ones `from_parts` made are freed,
+        // not kept: the spare list is for buffers of the configured sizes.
+        let release = negotiated.release_idle_buffers;
+        if release && framed.read_buffer().is_empty() {
+            *framed.read_buffer_mut() = BytesMut::new();
+        } else if let Some(capacity) = negotiated.read_buffer_capacity {
+            set_capacity(framed.read_buffer_mut(), capacity);
+        }
+        if release {
             *framed.write_buffer_mut() = BytesMut::new();
-        } else {
-            if let Some(capacity) = negotiated.read_buffer_capacity {
-                set_capacity(framed.read_buffer_mut(), capacity);
-            }
-            if let Some(capacity) = negotiated.write_buffer_capacity {
-                set_capacity(framed.write_buffer_mut(), capacity);
-            }
+        } else if let Some(capacity) = negotiated.write_buffer_capacity {
+            set_capacity(framed.write_buffer_mut(), capacity);
         }
         if let Some(boundary) = negotiated.max_backpressure_write_boundary {
             framed.set_backpressure_boundary(boundary);
