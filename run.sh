@@ -10,11 +10,11 @@ examples=()
 for dir in guest/examples/*/; do
     examples+=(-p "$(basename "$dir")")
 done
-cargo build --release --target wasm32-wasip2 "${examples[@]}"
+cargo build --profile guest --target wasm32-wasip2 "${examples[@]}"
 mkdir -p components
 for dir in guest/examples/*/; do
     name="$(basename "$dir")"
-    cp "$CARGO_TARGET_DIR/wasm32-wasip2/release/${name//-/_}.wasm" components/
+    cp "$CARGO_TARGET_DIR/wasm32-wasip2/guest/${name//-/_}.wasm" components/
 done
 
 scripts/build-www.sh

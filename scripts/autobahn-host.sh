@@ -15,7 +15,7 @@ source scripts/lib.sh
 autobahn_kit
 
 cargo build --release -p wasmsocket-host
-cargo build --release --target wasm32-wasip2 -p echo
+cargo build --profile guest --target wasm32-wasip2 -p echo
 work=$(mktemp -d)
 cat > "$work/wasmsocket.toml" <<TOML
 [listener]
@@ -24,13 +24,13 @@ port = 0
 
 [[service]]
 path = "/echo"
-component = "$CARGO_TARGET_DIR/wasm32-wasip2/release/echo.wasm"
+component = "$CARGO_TARGET_DIR/wasm32-wasip2/guest/echo.wasm"
 max_frame_size = 16777216
 max_message_size = 16777216
 
 [[service]]
 path = "/echo-shared"
-component = "$CARGO_TARGET_DIR/wasm32-wasip2/release/echo.wasm"
+component = "$CARGO_TARGET_DIR/wasm32-wasip2/guest/echo.wasm"
 max_frame_size = 16777216
 max_message_size = 16777216
 mode = "shared"

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 source scripts/setup.sh
 
 cargo build --release -p wasmsocket-host
-cargo build --release --target wasm32-wasip2 -p echo
+cargo build --profile guest --target wasm32-wasip2 -p echo
 cargo build --release -p wasmsocket-bench
 
 args=("$@")
@@ -23,7 +23,7 @@ for arg in "$@"; do
 done
 
 export WASMSOCKET_HOST_BIN="$CARGO_TARGET_DIR/release/wasmsocket"
-export WASMSOCKET_ECHO_COMPONENT="$CARGO_TARGET_DIR/wasm32-wasip2/release/echo.wasm"
+export WASMSOCKET_ECHO_COMPONENT="$CARGO_TARGET_DIR/wasm32-wasip2/guest/echo.wasm"
 revision=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 git diff --quiet HEAD 2>/dev/null || revision="$revision with uncommitted changes"
 export WASMSOCKET_BENCH_REVISION="$revision"

@@ -11,7 +11,7 @@ source scripts/lib.sh
 
 scripts/build-www.sh
 
-components="$CARGO_TARGET_DIR/wasm-components/wasm32-wasip2/release"
+components="$CARGO_TARGET_DIR/wasm-components/wasm32-wasip2/guest"
 work=$(mktemp -d)
 cat > "$work/wasmsocket.toml" <<TOML
 [listener]

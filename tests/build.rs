@@ -47,7 +47,8 @@ fn main() {
         .current_dir(&root)
         .args([
             "build",
-            "--release",
+            "--profile",
+            "guest",
             "--target",
             "wasm32-wasip2",
             "--target-dir",
@@ -78,7 +79,7 @@ fn main() {
     let mut code = String::new();
     for name in &names {
         let file = target
-            .join("wasm32-wasip2/release")
+            .join("wasm32-wasip2/guest")
             .join(format!("{}.wasm", name.replace('-', "_")));
         assert!(file.exists(), "{} was not built", file.display());
         code.push_str(&format!(

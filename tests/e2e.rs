@@ -796,6 +796,36 @@ async fn http1_keep_alive() {
     assert!(all.contains("connection: close"), "{all}");
 }
 
+/// Frames a client sends in the same write as its upgrade request (read with the
+/// request, before the WebSocket starts) reach the service in order, and so do the
+/// ones after them.
+#[tokio::test]
+async fn frames_sent_with_the_upgrade_request() {
+    let host = Host::start(&format!(
+        "[listener]\nhost = \"127.0.0.1\"\nport = 0\n\n[[service]]\npath = \"/echo\"\ncomponent = {:?}\n",
+        components::ECHO
+    ));
+    let mut stream = TcpStream::connect(host.addr()).await.unwrap();
+    let mut burst = upgrade_request("/echo", "").into_bytes();
+    burst.extend_from_slice(&client_frame(0x1, b"first"));
+    burst.extend_from_slice(&client_frame(0x2, b"second"));
+    // Half a frame: the rest comes in a later write.
+    let third = client_frame(0x1, b"third");
+    burst.extend_from_slice(&third[..4]);
+    stream.write_all(&burst).await.unwrap();
+    let upgraded = read_response(&mut stream).await;
+    assert!(upgraded.starts_with("HTTP/1.1 101"), "{upgraded}");
+    assert_eq!(server_frame(&mut stream).await, (0x1, b"first".to_vec()));
+    assert_eq!(server_frame(&mut stream).await, (0x2, b"second".to_vec()));
+    stream.write_all(&third[4..]).await.unwrap();
+    assert_eq!(server_frame(&mut stream).await, (0x1, b"third".to_vec()));
+    stream
+        .write_all(&client_frame(0x1, b"later"))
+        .await
+        .unwrap();
+    assert_eq!(server_frame(&mut stream).await, (0x1, b"later".to_vec()));
+}
+
 /// Spec 3.2.1: a remote function's returned value is sent back; a returned close
 /// frame closes.
 #[tokio::test]
@@ -920,6 +950,13 @@ async fn sandbox_grants() {
             .await
             .starts_with("<denied")
     );
+    // Randomness is always there, and fresh on every call.
+    let first = ask(&mut client, "random".into()).await;
+    let second = ask(&mut client, "random".into()).await;
+    assert_eq!(first.len(), 32, "{first}");
+    assert!(first.bytes().all(|b| b.is_ascii_hexdigit()), "{first}");
+    assert_ne!(first, second);
+    assert_ne!(first, "0".repeat(32));
     let address = closed.addr().to_string();
     assert!(
         ask(&mut client, format!("connect {address}"))

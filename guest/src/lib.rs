@@ -25,6 +25,9 @@
 //!
 //! Build it with `cargo build --target wasm32-wasip2 --release`; the `.wasm` file in
 //! `target/wasm32-wasip2/release/` is the component the host's `[[service]]` names.
+//! Give the release profile `lto = true` and `codegen-units = 1` (this repository builds
+//! its components with such a profile, `guest`): an instance's runtime state follows the
+//! module's size, and for the echo example that is about 5 KiB less per connection.
 //!
 //! Each connection gets an instance of its own by default: state in `self` (and in
 //! statics) belongs to that connection alone. A panic ends only that connection, with

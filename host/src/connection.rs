@@ -113,7 +113,9 @@ where
             .cloned();
         let upgrade = request.upgrade();
         if let (Some(service), Upgrade::WebSocket { key }) = (&service, &upgrade) {
-            let leftover = buf.split().freeze();
+            // Bytes the client sent after its request: copied out, so that the read
+            // buffer is freed with this phase rather than held for the connection's life.
+            let leftover = Bytes::copy_from_slice(&buf);
             // The request's headers and read buffer go with this future once the
             // upgrade is answered.
             return Box::pin(websocket(

@@ -214,6 +214,11 @@ impl ServiceComponent {
     fn wasi(&self) -> wasmtime::Result<WasiCtx> {
         let mut builder = WasiCtx::builder();
         builder.inherit_stdout().inherit_stderr();
+        // Both random interfaces draw from the worker thread's generator: a context
+        // then holds no generator state of its own (it had two, about 300 B).
+        builder
+            .secure_random(ThreadRandom)
+            .insecure_random(ThreadRandom);
         // No sockets at all: not even one that could never connect (the sockets'
         // synchronous bindings may block on tokio where it is not allowed: see wasi.rs).
         builder
@@ -317,6 +322,29 @@ impl WasiView for StoreData {
         }
     }
 }
+
+/// `wasi:random`'s source: the thread's generator (`rand::rng()`, a ChaCha generator
+/// seeded and reseeded from the operating system), looked up on every call, so that it
+/// has no size and a store carries no generator.
+struct ThreadRandom;
+
+impl rand::TryRng for ThreadRandom {
+    type Error = std::convert::Infallible;
+
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        rand::rng().try_next_u32()
+    }
+
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        rand::rng().try_next_u64()
+    }
+
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+        rand::rng().try_fill_bytes(dst)
+    }
+}
+
+impl rand::TryCryptoRng for ThreadRandom {}
 
 /// The store's limits, and the linear memory it holds, counted into the service's
 /// memory gauge.

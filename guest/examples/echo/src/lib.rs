@@ -2,7 +2,7 @@
 //!
 //! Run with `./run.sh` from the repository root (serves it at
 //! `ws://127.0.0.1:9090/echo`), or build it alone with
-//! `cargo build -p echo --target wasm32-wasip2 --release`.
+//! `cargo build -p echo --target wasm32-wasip2 --profile guest`.
 
 use wasmsocket_guest::prelude::*;
 

@@ -190,6 +190,13 @@ impl Service for Faulty {
                 Ok(()) => "written".to_owned(),
                 Err(e) => format!("<denied: {e}>"),
             })?,
+            // 16 bytes from `wasi:random/random`, in hex.
+            ("random", _, _) => {
+                let mut bytes = [0u8; 16];
+                getrandom::fill(&mut bytes).map_err(|e| Error::Internal(e.to_string()))?;
+                let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                caller.write_text(&hex)?
+            }
             ("connect", Some(address), _) => {
                 caller.write_text(&match std::net::TcpStream::connect(address) {
                     Ok(_) => "connected".to_owned(),
