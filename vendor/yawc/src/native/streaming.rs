@@ -65,6 +65,10 @@ use tokio_util::codec::{Framed, FramedParts};
 /// The buffer size tokio-util starts `Framed` with, used when none is configured.
 const DEFAULT_BUFFER_CAPACITY: usize = 8 * 1024;
 
+/// Unmasked payloads from this size on are written from their own `Bytes`, after the
+/// write buffer that ends with their head, instead of being copied into the buffer.
+const DIRECT_WRITE_MIN: usize = 2048;
+
 use crate::{
     codec::Codec,
     compression::{Compressor, Decompressor},
@@ -180,6 +184,11 @@ pub struct Streaming<S> {
     write_buffer_grown: bool,
     // free both buffers while the connection waits
     release_idle_buffers: bool,
+    // frames go out unmasked (server role): a large payload is written as it is
+    unmasked: bool,
+    // such a payload, to be written right after the write buffer (which ends with its
+    // frame's head); no frame is queued behind it until it is written
+    direct_payload: Option<Bytes>,
 }
 
 impl<S> Streaming<S>
@@ -238,6 +247,8 @@ where
                 .unwrap_or(DEFAULT_BUFFER_CAPACITY),
             write_buffer_grown: false,
             release_idle_buffers: negotiated.release_idle_buffers,
+            unmasked: role == Role::Server,
+            direct_payload: None,
         }
     }
 
@@ -263,7 +274,12 @@ where
     ///
     /// See [`examples/streaming.rs`](https://github.com/infinitefield/yawc/blob/master/examples/streaming.rs)
     /// for a complete example of using `split_stream()` for low-level frame processing.
-    pub unsafe fn split_stream(self) -> (Framed<S, Codec>, ReadHalf, WriteHalf) {
+    pub unsafe fn split_stream(mut self) -> (Framed<S, Codec>, ReadHalf, WriteHalf) {
+        // The halves write through the buffer alone: a payload not written yet goes
+        // into it, after its head.
+        if let Some(payload) = self.direct_payload.take() {
+            self.stream.write_buffer_mut().extend_from_slice(&payload);
+        }
         (self.stream, self.read_half, self.write_half)
     }
 
@@ -471,6 +487,8 @@ where
             return Poll::Ready(Ok(()));
         }
         self.wake_proxy.poll_with_context(kind, cx, |cx| {
+            // Nothing may be queued behind a payload still to be written.
+            ready!(write_direct(&mut self.stream, &mut self.direct_payload, cx))?;
             while !self.obligated_sends.is_empty() {
                 ready!(self.write_half.poll_ready(&mut self.stream, cx))?;
 
@@ -517,12 +535,16 @@ where
         let this = self.get_mut();
         if this.obligated_sends.is_empty()
             && !this.flush_sends
+            && this.direct_payload.is_none()
             && this.stream.write_buffer().len() < this.stream.backpressure_boundary()
         {
             // Framed can accept another frame without polling the transport.
             return this.write_half.poll_ready(&mut this.stream, cx);
         }
         this.wake_proxy.set_waker(ContextKind::Write, cx.waker());
+        ready!(this
+            .wake_proxy
+            .with_context(|cx| write_direct(&mut this.stream, &mut this.direct_payload, cx)))?;
         ready!(this.poll_flush_obligated(ContextKind::Write, cx))?;
         this.wake_proxy
             .with_context(|cx| this.write_half.poll_ready(&mut this.stream, cx))
@@ -565,6 +587,23 @@ where
         if this.release_idle_buffers && this.stream.write_buffer().capacity() == 0 {
             *this.stream.write_buffer_mut() = super::spare::take(this.write_buffer_capacity);
         }
+        if let Some(payload) = this.direct_payload.take() {
+            // Sent without `poll_ready` first: the waiting payload is copied after its
+            // head so that this frame can follow it.
+            this.stream.write_buffer_mut().extend_from_slice(&payload);
+        }
+        if this.unmasked
+            && !item.opcode.is_control()
+            && item.mask.is_none()
+            && item.payload.len() >= DIRECT_WRITE_MIN
+        {
+            // Only the head goes into the buffer; the payload is written after it from
+            // its own bytes (patch 9). The write half's bookkeeping for a data frame:
+            this.write_half.streaming = !item.is_fin();
+            item.write_head(this.stream.write_buffer_mut());
+            this.direct_payload = Some(item.payload);
+            return Ok(());
+        }
         this.write_half.start_send(&mut this.stream, item)?;
 
         // Frames up to the backpressure boundary collect in the buffer between
@@ -586,6 +625,9 @@ where
         this.wake_proxy.set_waker(ContextKind::Write, cx.waker());
         ready!(this
             .wake_proxy
+            .with_context(|cx| write_direct(&mut this.stream, &mut this.direct_payload, cx)))?;
+        ready!(this
+            .wake_proxy
             .with_context(|cx| this.write_half.poll_flush(&mut this.stream, cx)))?;
         this.release_write_buffer();
         Poll::Ready(Ok(()))
@@ -597,9 +639,52 @@ where
     ) -> Poll<std::result::Result<(), Self::Error>> {
         let this = self.get_mut();
         this.wake_proxy.set_waker(ContextKind::Write, cx.waker());
+        ready!(this
+            .wake_proxy
+            .with_context(|cx| write_direct(&mut this.stream, &mut this.direct_payload, cx)))?;
         this.wake_proxy
             .with_context(|cx| this.write_half.poll_close(&mut this.stream, cx))
     }
+}
+
+/// Writes the write buffer and then `payload` (the payload whose head ends the buffer),
+/// together with vectored writes, until both are out.
+fn write_direct<S: AsyncWrite + Unpin>(
+    stream: &mut Framed<S, Codec>,
+    payload: &mut Option<Bytes>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<()>> {
+    use bytes::Buf;
+
+    let Some(rest) = payload.as_mut() else {
+        return Poll::Ready(Ok(()));
+    };
+    // Out of the `Framed` while written: the transport and the buffer are borrowed at
+    // once. It goes back, emptied as far as written, whatever happens.
+    let mut buffer = std::mem::take(stream.write_buffer_mut());
+    let result = loop {
+        if buffer.is_empty() && rest.is_empty() {
+            break Poll::Ready(Ok(()));
+        }
+        let chunks = [std::io::IoSlice::new(&buffer), std::io::IoSlice::new(rest)];
+        match Pin::new(stream.get_mut()).poll_write_vectored(cx, &chunks) {
+            Poll::Pending => break Poll::Pending,
+            Poll::Ready(Err(error)) => break Poll::Ready(Err(error.into())),
+            Poll::Ready(Ok(0)) => {
+                break Poll::Ready(Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into()))
+            }
+            Poll::Ready(Ok(written)) => {
+                let from_buffer = written.min(buffer.len());
+                buffer.advance(from_buffer);
+                rest.advance(written - from_buffer);
+            }
+        }
+    };
+    *stream.write_buffer_mut() = buffer;
+    if let Poll::Ready(Ok(())) = result {
+        *payload = None;
+    }
+    result
 }
 
 /// Replaces `buffer` with one of `capacity` bytes, keeping its contents.
@@ -794,5 +879,55 @@ mod capacity_tests {
             stream.next_frame().await,
             Err(WebSocketError::FrameTooLarge)
         ));
+    }
+
+    #[tokio::test]
+    async fn large_payloads_are_written_from_their_own_bytes_in_order() {
+        use futures::SinkExt;
+
+        let server_options = Negotiation::new(None, &Options::default(), Role::Server).unwrap();
+        let client_options = Negotiation::new(None, &Options::default(), Role::Client).unwrap();
+        // A small pipe: writes are partial and the writer waits for the reader.
+        let (server_io, client_io) = duplex(100);
+        let mut server = Streaming::new(Role::Server, server_io, Bytes::new(), &server_options);
+        let mut client = Streaming::new(Role::Client, client_io, Bytes::new(), &client_options);
+
+        let large: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let text = "é".repeat(2_000);
+        let sending = async {
+            // One frame queued (its payload not copied) and flushed; two fed, the
+            // second behind a large payload.
+            server.feed(Frame::binary(large.clone())).await.unwrap();
+            assert_eq!(server.direct_payload.as_ref().map(Bytes::len), Some(100_000));
+            assert!(server.stream.write_buffer().len() <= 16);
+            server.flush().await.unwrap();
+            server.feed(Frame::text(text.clone())).await.unwrap();
+            server.feed(Frame::binary(&b"small"[..])).await.unwrap();
+            server.flush().await.unwrap();
+            // Sent without `poll_ready`: the waiting payload is copied, order kept.
+            server.start_send_unpin(Frame::binary(large.clone())).unwrap();
+            server.start_send_unpin(Frame::text(&b"after"[..])).unwrap();
+            server.flush().await.unwrap();
+        };
+        let receiving = async {
+            let mut frames = Vec::new();
+            for _ in 0..5 {
+                let frame = client.next_frame().await.unwrap();
+                frames.push((frame.opcode, frame.payload.to_vec()));
+            }
+            frames
+        };
+        let ((), frames) = tokio::join!(sending, receiving);
+        assert_eq!(
+            frames,
+            vec![
+                (OpCode::Binary, large.clone()),
+                (OpCode::Text, text.into_bytes()),
+                (OpCode::Binary, b"small".to_vec()),
+                (OpCode::Binary, large),
+                (OpCode::Text, b"after".to_vec()),
+            ]
+        );
+        assert!(server.direct_payload.is_none());
     }
 }
