@@ -65,9 +65,12 @@ use tokio_util::codec::{Framed, FramedParts};
 /// The buffer size tokio-util starts `Framed` with, used when none is configured.
 const DEFAULT_BUFFER_CAPACITY: usize = 8 * 1024;
 
-/// Unmasked payloads from this size on are written from their own `Bytes`, after the
-/// write buffer that ends with their head, instead of being copied into the buffer.
+/// Unmasked payloads from this size on are written from their own `Bytes` instead of
+/// being copied into the write buffer.
 const DIRECT_WRITE_MIN: usize = 2048;
+
+/// Most chunks one vectored write takes.
+const MAX_WRITE_CHUNKS: usize = 64;
 
 use crate::{
     codec::Codec,
@@ -186,9 +189,11 @@ pub struct Streaming<S> {
     release_idle_buffers: bool,
     // frames go out unmasked (server role): a large payload is written as it is
     unmasked: bool,
-    // such a payload, to be written right after the write buffer (which ends with its
-    // frame's head); no frame is queued behind it until it is written
-    direct_payload: Option<Bytes>,
+    // written ahead of the write buffer, in order: what the buffer held up to a large
+    // payload's head (split off), and that payload, uncopied
+    chunks: VecDeque<Bytes>,
+    // bytes in `chunks`
+    chunks_len: usize,
 }
 
 impl<S> Streaming<S>
@@ -248,7 +253,8 @@ where
             write_buffer_grown: false,
             release_idle_buffers: negotiated.release_idle_buffers,
             unmasked: role == Role::Server,
-            direct_payload: None,
+            chunks: VecDeque::new(),
+            chunks_len: 0,
         }
     }
 
@@ -275,10 +281,16 @@ where
     /// See [`examples/streaming.rs`](https://github.com/infinitefield/yawc/blob/master/examples/streaming.rs)
     /// for a complete example of using `split_stream()` for low-level frame processing.
     pub unsafe fn split_stream(mut self) -> (Framed<S, Codec>, ReadHalf, WriteHalf) {
-        // The halves write through the buffer alone: a payload not written yet goes
-        // into it, after its head.
-        if let Some(payload) = self.direct_payload.take() {
-            self.stream.write_buffer_mut().extend_from_slice(&payload);
+        // The halves write through the buffer alone: chunks not written yet go back
+        // into it, ahead of what it holds.
+        if !self.chunks.is_empty() {
+            let buffer = self.stream.write_buffer_mut();
+            let mut joined = BytesMut::with_capacity(self.chunks_len + buffer.len());
+            for chunk in self.chunks.drain(..) {
+                joined.extend_from_slice(&chunk);
+            }
+            joined.extend_from_slice(buffer);
+            *buffer = joined;
         }
         (self.stream, self.read_half, self.write_half)
     }
@@ -487,8 +499,9 @@ where
             return Poll::Ready(Ok(()));
         }
         self.wake_proxy.poll_with_context(kind, cx, |cx| {
-            // Nothing may be queued behind a payload still to be written.
-            ready!(write_direct(&mut self.stream, &mut self.direct_payload, cx))?;
+            // The buffer is written (or flushed by a full `Framed`) only after the
+            // chunks ahead of it.
+            ready!(write_chunks(&mut self.stream, &mut self.chunks, &mut self.chunks_len, cx))?;
             while !self.obligated_sends.is_empty() {
                 ready!(self.write_half.poll_ready(&mut self.stream, cx))?;
 
@@ -535,8 +548,8 @@ where
         let this = self.get_mut();
         if this.obligated_sends.is_empty()
             && !this.flush_sends
-            && this.direct_payload.is_none()
-            && this.stream.write_buffer().len() < this.stream.backpressure_boundary()
+            && this.chunks_len + this.stream.write_buffer().len()
+                < this.stream.backpressure_boundary()
         {
             // Framed can accept another frame without polling the transport.
             return this.write_half.poll_ready(&mut this.stream, cx);
@@ -544,7 +557,12 @@ where
         this.wake_proxy.set_waker(ContextKind::Write, cx.waker());
         ready!(this
             .wake_proxy
-            .with_context(|cx| write_direct(&mut this.stream, &mut this.direct_payload, cx)))?;
+            .with_context(|cx| write_chunks(
+                &mut this.stream,
+                &mut this.chunks,
+                &mut this.chunks_len,
+                cx
+            )))?;
         ready!(this.poll_flush_obligated(ContextKind::Write, cx))?;
         this.wake_proxy
             .with_context(|cx| this.write_half.poll_ready(&mut this.stream, cx))
@@ -587,21 +605,21 @@ where
         if this.release_idle_buffers && this.stream.write_buffer().capacity() == 0 {
             *this.stream.write_buffer_mut() = super::spare::take(this.write_buffer_capacity);
         }
-        if let Some(payload) = this.direct_payload.take() {
-            // Sent without `poll_ready` first: the waiting payload is copied after its
-            // head so that this frame can follow it.
-            this.stream.write_buffer_mut().extend_from_slice(&payload);
-        }
         if this.unmasked
             && !item.opcode.is_control()
             && item.mask.is_none()
             && item.payload.len() >= DIRECT_WRITE_MIN
         {
-            // Only the head goes into the buffer; the payload is written after it from
-            // its own bytes (patch 9). The write half's bookkeeping for a data frame:
+            // The buffer, ending with this frame's head, becomes a chunk, and the payload
+            // the next one, uncopied (patch 9). The write half's bookkeeping for a
+            // data frame:
             this.write_half.streaming = !item.is_fin();
-            item.write_head(this.stream.write_buffer_mut());
-            this.direct_payload = Some(item.payload);
+            let buffer = this.stream.write_buffer_mut();
+            item.write_head(buffer);
+            let head = buffer.split().freeze();
+            this.chunks_len += head.len() + item.payload.len();
+            this.chunks.push_back(head);
+            this.chunks.push_back(item.payload);
             return Ok(());
         }
         this.write_half.start_send(&mut this.stream, item)?;
@@ -625,7 +643,12 @@ where
         this.wake_proxy.set_waker(ContextKind::Write, cx.waker());
         ready!(this
             .wake_proxy
-            .with_context(|cx| write_direct(&mut this.stream, &mut this.direct_payload, cx)))?;
+            .with_context(|cx| write_chunks(
+                &mut this.stream,
+                &mut this.chunks,
+                &mut this.chunks_len,
+                cx
+            )))?;
         ready!(this
             .wake_proxy
             .with_context(|cx| this.write_half.poll_flush(&mut this.stream, cx)))?;
@@ -641,49 +664,75 @@ where
         this.wake_proxy.set_waker(ContextKind::Write, cx.waker());
         ready!(this
             .wake_proxy
-            .with_context(|cx| write_direct(&mut this.stream, &mut this.direct_payload, cx)))?;
+            .with_context(|cx| write_chunks(
+                &mut this.stream,
+                &mut this.chunks,
+                &mut this.chunks_len,
+                cx
+            )))?;
         this.wake_proxy
             .with_context(|cx| this.write_half.poll_close(&mut this.stream, cx))
     }
 }
 
-/// Writes the write buffer and then `payload` (the payload whose head ends the buffer),
-/// together with vectored writes, until both are out.
-fn write_direct<S: AsyncWrite + Unpin>(
+/// Writes `chunks` and then the write buffer, with vectored writes, until all are out.
+fn write_chunks<S: AsyncWrite + Unpin>(
     stream: &mut Framed<S, Codec>,
-    payload: &mut Option<Bytes>,
+    chunks: &mut VecDeque<Bytes>,
+    chunks_len: &mut usize,
     cx: &mut Context<'_>,
 ) -> Poll<Result<()>> {
     use bytes::Buf;
 
-    let Some(rest) = payload.as_mut() else {
+    if chunks.is_empty() {
         return Poll::Ready(Ok(()));
-    };
+    }
     // Out of the `Framed` while written: the transport and the buffer are borrowed at
     // once. It goes back, emptied as far as written, whatever happens.
     let mut buffer = std::mem::take(stream.write_buffer_mut());
     let result = loop {
-        if buffer.is_empty() && rest.is_empty() {
+        if chunks.is_empty() && buffer.is_empty() {
             break Poll::Ready(Ok(()));
         }
-        let chunks = [std::io::IoSlice::new(&buffer), std::io::IoSlice::new(rest)];
-        match Pin::new(stream.get_mut()).poll_write_vectored(cx, &chunks) {
+        let mut slices = [std::io::IoSlice::new(&[]); MAX_WRITE_CHUNKS];
+        let mut count = 0;
+        for chunk in chunks.iter().take(MAX_WRITE_CHUNKS) {
+            slices[count] = std::io::IoSlice::new(chunk);
+            count += 1;
+        }
+        // The buffer only behind every chunk.
+        if chunks.len() < MAX_WRITE_CHUNKS {
+            slices[count] = std::io::IoSlice::new(&buffer);
+            count += 1;
+        }
+        match Pin::new(stream.get_mut()).poll_write_vectored(cx, &slices[..count]) {
             Poll::Pending => break Poll::Pending,
             Poll::Ready(Err(error)) => break Poll::Ready(Err(error.into())),
             Poll::Ready(Ok(0)) => {
                 break Poll::Ready(Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into()))
             }
-            Poll::Ready(Ok(written)) => {
-                let from_buffer = written.min(buffer.len());
-                buffer.advance(from_buffer);
-                rest.advance(written - from_buffer);
+            Poll::Ready(Ok(mut written)) => {
+                while written > 0 {
+                    match chunks.front_mut() {
+                        Some(chunk) => {
+                            let taken = written.min(chunk.len());
+                            chunk.advance(taken);
+                            *chunks_len -= taken;
+                            written -= taken;
+                            if chunk.is_empty() {
+                                chunks.pop_front();
+                            }
+                        }
+                        None => {
+                            buffer.advance(written);
+                            written = 0;
+                        }
+                    }
+                }
             }
         }
     };
     *stream.write_buffer_mut() = buffer;
-    if let Poll::Ready(Ok(())) = result {
-        *payload = None;
-    }
     result
 }
 
@@ -898,13 +947,15 @@ mod capacity_tests {
             // One frame queued (its payload not copied) and flushed; two fed, the
             // second behind a large payload.
             server.feed(Frame::binary(large.clone())).await.unwrap();
-            assert_eq!(server.direct_payload.as_ref().map(Bytes::len), Some(100_000));
-            assert!(server.stream.write_buffer().len() <= 16);
+            // Its head (10 bytes) and its payload, as they are, wait ahead of the buffer.
+            assert_eq!(server.chunks.len(), 2);
+            assert_eq!(server.chunks_len, 100_010);
+            assert!(server.stream.write_buffer().is_empty());
             server.flush().await.unwrap();
             server.feed(Frame::text(text.clone())).await.unwrap();
             server.feed(Frame::binary(&b"small"[..])).await.unwrap();
             server.flush().await.unwrap();
-            // Sent without `poll_ready`: the waiting payload is copied, order kept.
+            // Sent without `poll_ready` in between: both queue, in order.
             server.start_send_unpin(Frame::binary(large.clone())).unwrap();
             server.start_send_unpin(Frame::text(&b"after"[..])).unwrap();
             server.flush().await.unwrap();
@@ -928,6 +979,44 @@ mod capacity_tests {
                 (OpCode::Text, b"after".to_vec()),
             ]
         );
-        assert!(server.direct_payload.is_none());
+        assert!(server.chunks.is_empty());
+        assert_eq!(server.chunks_len, 0);
+    }
+
+    #[tokio::test]
+    async fn more_chunks_than_one_write_takes_keep_their_order() {
+        use futures::SinkExt;
+
+        let server_options = Negotiation::new(None, &Options::default(), Role::Server).unwrap();
+        let client_options = Negotiation::new(None, &Options::default(), Role::Client).unwrap();
+        let (server_io, client_io) = duplex(1000);
+        let mut server = Streaming::new(Role::Server, server_io, Bytes::new(), &server_options);
+        let mut client = Streaming::new(Role::Client, client_io, Bytes::new(), &client_options);
+
+        // Large and small frames in turn, queued without a write in between: more
+        // chunks than one vectored write takes, with small frames in the buffer.
+        let frames: Vec<Vec<u8>> = (0..100u8)
+            .map(|i| {
+                let len = if i % 2 == 0 { 3_000 } else { 10 };
+                vec![i; len]
+            })
+            .collect();
+        let sending = async {
+            for frame in &frames {
+                server.start_send_unpin(Frame::binary(frame.clone())).unwrap();
+            }
+            assert!(server.chunks.len() > MAX_WRITE_CHUNKS);
+            server.flush().await.unwrap();
+        };
+        let receiving = async {
+            let mut received = Vec::new();
+            for _ in 0..frames.len() {
+                received.push(client.next_frame().await.unwrap().payload.to_vec());
+            }
+            received
+        };
+        let ((), received) = tokio::join!(sending, receiving);
+        assert_eq!(received, frames);
+        assert!(server.chunks.is_empty());
     }
 }
