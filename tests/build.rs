@@ -36,6 +36,8 @@ fn main() {
         "guest/src",
         "guest/macro/src",
         "guest/Cargo.toml",
+        // The `guest` profile the components are built with.
+        "Cargo.toml",
         "Cargo.lock",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());

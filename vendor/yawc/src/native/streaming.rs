@@ -380,6 +380,9 @@ where
         if self.release_idle_buffers && self.stream.write_buffer().is_empty() {
             super::spare::give(std::mem::take(self.stream.write_buffer_mut()));
             self.write_buffer_grown = false;
+            if self.chunks.is_empty() && self.chunks.capacity() > 0 {
+                self.chunks = VecDeque::new();
+            }
         } else if self.write_buffer_grown && self.stream.write_buffer().is_empty() {
             set_capacity(self.stream.write_buffer_mut(), self.write_buffer_capacity);
             self.write_buffer_grown = false;
@@ -605,10 +608,13 @@ where
         if this.release_idle_buffers && this.stream.write_buffer().capacity() == 0 {
             *this.stream.write_buffer_mut() = super::spare::take(this.write_buffer_capacity);
         }
+        // (A transport without vectored writes would take each chunk in a write of
+        // its own: more system calls than the copy saves.)
         if this.unmasked
             && !item.opcode.is_control()
             && item.mask.is_none()
             && item.payload.len() >= DIRECT_WRITE_MIN
+            && this.stream.get_ref().is_write_vectored()
         {
             // The buffer, ending with this frame's head, becomes a chunk, and the payload
             // the next one, uncopied (patch 9). The write half's bookkeeping for a
@@ -1018,5 +1024,31 @@ mod capacity_tests {
         let ((), received) = tokio::join!(sending, receiving);
         assert_eq!(received, frames);
         assert!(server.chunks.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_close_goes_out_after_the_chunks_queued_before_it() {
+        use futures::SinkExt;
+
+        let server_options = Negotiation::new(None, &Options::default(), Role::Server).unwrap();
+        let client_options = Negotiation::new(None, &Options::default(), Role::Client).unwrap();
+        let (server_io, client_io) = duplex(500);
+        let mut server = Streaming::new(Role::Server, server_io, Bytes::new(), &server_options);
+        let mut client = Streaming::new(Role::Client, client_io, Bytes::new(), &client_options);
+
+        let large = vec![7u8; 50_000];
+        let sending = async {
+            server.start_send_unpin(Frame::binary(large.clone())).unwrap();
+            assert!(!server.chunks.is_empty());
+            server.close().await.unwrap();
+        };
+        let receiving = async {
+            let first = client.next_frame().await.unwrap();
+            let second = client.next_frame().await.unwrap();
+            (first.opcode, first.payload.to_vec(), second.opcode)
+        };
+        let ((), (opcode, payload, then)) = tokio::join!(sending, receiving);
+        assert_eq!((opcode, payload), (OpCode::Binary, large));
+        assert_eq!(then, OpCode::Close);
     }
 }
