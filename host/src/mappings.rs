@@ -8,9 +8,10 @@
 //! [`MemoryPool`] keeps released memories (up to a limit) and hands them to new
 //! stores.
 //!
-//! A reused linear memory is zero, as WebAssembly requires and as one tenant's data must never reach the next:
-//! every page of it that holds data (resident or swapped out, as the kernel's page map
-//! says) is cleared before it is kept; without the page map, the kernel drops them all.
+//! A reused linear memory is zero, as WebAssembly requires and as one tenant's data
+//! must never reach the next: every page of it that holds data (resident or swapped
+//! out, as the kernel's page map says) is cleared before it is kept; without the page
+//! map, the kernel drops them all.
 //!
 //! The only unsafe code in the host: mapping memory, and promising Wasmtime it is a
 //! linear memory (the `LinearMemory` contract).

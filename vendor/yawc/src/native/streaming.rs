@@ -192,8 +192,6 @@ pub struct Streaming<S> {
     // written ahead of the write buffer, in order: what the buffer held up to a large
     // payload's head (split off), and that payload, uncopied
     chunks: VecDeque<Bytes>,
-    // bytes in `chunks`
-    chunks_len: usize,
 }
 
 impl<S> Streaming<S>
@@ -254,7 +252,6 @@ where
             release_idle_buffers: negotiated.release_idle_buffers,
             unmasked: role == Role::Server,
             chunks: VecDeque::new(),
-            chunks_len: 0,
         }
     }
 
@@ -285,7 +282,7 @@ where
         // into it, ahead of what it holds.
         if !self.chunks.is_empty() {
             let buffer = self.stream.write_buffer_mut();
-            let mut joined = BytesMut::with_capacity(self.chunks_len + buffer.len());
+            let mut joined = BytesMut::with_capacity(queued(&self.chunks) + buffer.len());
             for chunk in self.chunks.drain(..) {
                 joined.extend_from_slice(&chunk);
             }
@@ -504,7 +501,7 @@ where
         self.wake_proxy.poll_with_context(kind, cx, |cx| {
             // The buffer is written (or flushed by a full `Framed`) only after the
             // chunks ahead of it.
-            ready!(write_chunks(&mut self.stream, &mut self.chunks, &mut self.chunks_len, cx))?;
+            ready!(write_chunks(&mut self.stream, &mut self.chunks, cx))?;
             while !self.obligated_sends.is_empty() {
                 ready!(self.write_half.poll_ready(&mut self.stream, cx))?;
 
@@ -551,7 +548,7 @@ where
         let this = self.get_mut();
         if this.obligated_sends.is_empty()
             && !this.flush_sends
-            && this.chunks_len + this.stream.write_buffer().len()
+            && queued(&this.chunks) + this.stream.write_buffer().len()
                 < this.stream.backpressure_boundary()
         {
             // Framed can accept another frame without polling the transport.
@@ -560,12 +557,7 @@ where
         this.wake_proxy.set_waker(ContextKind::Write, cx.waker());
         ready!(this
             .wake_proxy
-            .with_context(|cx| write_chunks(
-                &mut this.stream,
-                &mut this.chunks,
-                &mut this.chunks_len,
-                cx
-            )))?;
+            .with_context(|cx| write_chunks(&mut this.stream, &mut this.chunks, cx)))?;
         ready!(this.poll_flush_obligated(ContextKind::Write, cx))?;
         this.wake_proxy
             .with_context(|cx| this.write_half.poll_ready(&mut this.stream, cx))
@@ -622,9 +614,7 @@ where
             this.write_half.streaming = !item.is_fin();
             let buffer = this.stream.write_buffer_mut();
             item.write_head(buffer);
-            let head = buffer.split().freeze();
-            this.chunks_len += head.len() + item.payload.len();
-            this.chunks.push_back(head);
+            this.chunks.push_back(buffer.split().freeze());
             this.chunks.push_back(item.payload);
             return Ok(());
         }
@@ -649,12 +639,7 @@ where
         this.wake_proxy.set_waker(ContextKind::Write, cx.waker());
         ready!(this
             .wake_proxy
-            .with_context(|cx| write_chunks(
-                &mut this.stream,
-                &mut this.chunks,
-                &mut this.chunks_len,
-                cx
-            )))?;
+            .with_context(|cx| write_chunks(&mut this.stream, &mut this.chunks, cx)))?;
         ready!(this
             .wake_proxy
             .with_context(|cx| this.write_half.poll_flush(&mut this.stream, cx)))?;
@@ -670,22 +655,21 @@ where
         this.wake_proxy.set_waker(ContextKind::Write, cx.waker());
         ready!(this
             .wake_proxy
-            .with_context(|cx| write_chunks(
-                &mut this.stream,
-                &mut this.chunks,
-                &mut this.chunks_len,
-                cx
-            )))?;
+            .with_context(|cx| write_chunks(&mut this.stream, &mut this.chunks, cx)))?;
         this.wake_proxy
             .with_context(|cx| this.write_half.poll_close(&mut this.stream, cx))
     }
+}
+
+/// Bytes waiting in `chunks`.
+fn queued(chunks: &VecDeque<Bytes>) -> usize {
+    chunks.iter().map(Bytes::len).sum()
 }
 
 /// Writes `chunks` and then the write buffer, with vectored writes, until all are out.
 fn write_chunks<S: AsyncWrite + Unpin>(
     stream: &mut Framed<S, Codec>,
     chunks: &mut VecDeque<Bytes>,
-    chunks_len: &mut usize,
     cx: &mut Context<'_>,
 ) -> Poll<Result<()>> {
     use bytes::Buf;
@@ -723,7 +707,6 @@ fn write_chunks<S: AsyncWrite + Unpin>(
                         Some(chunk) => {
                             let taken = written.min(chunk.len());
                             chunk.advance(taken);
-                            *chunks_len -= taken;
                             written -= taken;
                             if chunk.is_empty() {
                                 chunks.pop_front();
@@ -955,7 +938,7 @@ mod capacity_tests {
             server.feed(Frame::binary(large.clone())).await.unwrap();
             // Its head (10 bytes) and its payload, as they are, wait ahead of the buffer.
             assert_eq!(server.chunks.len(), 2);
-            assert_eq!(server.chunks_len, 100_010);
+            assert_eq!(queued(&server.chunks), 100_010);
             assert!(server.stream.write_buffer().is_empty());
             server.flush().await.unwrap();
             server.feed(Frame::text(text.clone())).await.unwrap();
@@ -986,7 +969,7 @@ mod capacity_tests {
             ]
         );
         assert!(server.chunks.is_empty());
-        assert_eq!(server.chunks_len, 0);
+        assert_eq!(queued(&server.chunks), 0);
     }
 
     #[tokio::test]
