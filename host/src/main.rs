@@ -7,6 +7,13 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use wasmsocket_host::{Config, LogFormat, Server};
 
+/// mimalloc rather than glibc's malloc. A connection's task moves between worker
+/// threads, so what one thread allocated another often frees; glibc then takes the
+/// allocating thread's arena lock, and in the set-up load the workers slept on it
+/// (decision 18).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// WebSockets served by sandboxed WebAssembly components.
 #[derive(Parser)]
 #[command(name = "wasmsocket", version, about)]
