@@ -109,7 +109,13 @@ async fn run(command: Command) -> wasmsocket_host::Result<()> {
                 eprintln!("wasmsocket: second signal; stopping immediately");
                 std::process::exit(0);
             });
-            server.serve().await
+            // The accept loop runs on a worker, not on this thread: the connections it
+            // spawns go to that worker's own queue, and no thread outside the runtime
+            // has to be woken for every accept.
+            match tokio::spawn(server.serve()).await {
+                Ok(result) => result,
+                Err(error) => std::panic::resume_unwind(error.into_panic()),
+            }
         }
         Command::Check { config } => {
             init_logging(LogFormat::Text);
