@@ -153,6 +153,40 @@ async fn metrics_count_what_happens() {
     );
 }
 
+/// Every connection is a descriptor. The host raises its soft open-file limit to the
+/// hard one, so a low soft limit (here 64, where the common default is 1,024) does not
+/// cap its connections: 150 are served at once.
+#[tokio::test]
+async fn a_low_soft_open_file_limit_does_not_cap_connections() {
+    let host = Host::start_under(
+        "ulimit -Sn 64",
+        &format!(
+            "[listener]\nhost = \"127.0.0.1\"\nport = 0\n\n[[service]]\npath = \"/echo\"\n\
+             component = {:?}\nmode = \"shared\"\n",
+            components::ECHO
+        ),
+    );
+    let url = host.url("/echo");
+    let mut open = Vec::new();
+    for index in 0..150 {
+        let (client, _) = tokio::time::timeout(STEP, connect_async(&url))
+            .await
+            .unwrap_or_else(|_| panic!("connection {index} got no answer: out of descriptors?"))
+            .unwrap_or_else(|error| panic!("connection {index}: {error}"));
+        open.push(client);
+    }
+    for (index, client) in open.iter_mut().enumerate() {
+        let text = format!("connection {index}");
+        client.send(Message::text(text.clone())).await.unwrap();
+        let echo = tokio::time::timeout(STEP, client.next())
+            .await
+            .expect("an echo in time")
+            .expect("a message")
+            .expect("not an error");
+        assert_eq!(echo, Message::text(text));
+    }
+}
+
 #[tokio::test]
 async fn json_logs_carry_the_connection_span() {
     let dir = scratch_dir("json-logs");

@@ -79,6 +79,7 @@ async fn run(command: Command) -> wasmsocket_host::Result<()> {
         Command::Serve { config } => {
             let config = Config::load(&config).inspect_err(|_| init_logging(LogFormat::Text))?;
             init_logging(config.log.format);
+            raise_open_file_limit();
             let server = Server::bind(config).await?;
             // Listen for signals before telling anyone we serve, so a stop that
             // follows at once is still graceful.
@@ -119,6 +120,8 @@ async fn run(command: Command) -> wasmsocket_host::Result<()> {
         }
         Command::Check { config } => {
             init_logging(LogFormat::Text);
+            // As `serve` would, so the warnings about limits are the same.
+            raise_open_file_limit();
             let config = Config::load(&config)?;
             let services = config.services.len();
             // Binding port 0 loads and links every component without taking the port.
@@ -130,6 +133,49 @@ async fn run(command: Command) -> wasmsocket_host::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Raises the soft limit on open files to the hard one, as servers that hold many
+/// connections do: every connection is a descriptor, and the usual soft default (1,024)
+/// would stop the host long before its services' `max_connections`.
+fn raise_open_file_limit() {
+    match raise_soft_limit() {
+        Ok(Some((from, to))) => tracing::info!(from, to, "raised the open-file limit"),
+        Ok(None) => {}
+        Err(error) => tracing::warn!(%error, "cannot raise the open-file limit"),
+    }
+}
+
+/// [`raise_open_file_limit`]: the limit before and after, when it changed.
+fn raise_soft_limit() -> std::io::Result<Option<(u64, u64)>> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    // `None` is unlimited.
+    let Some(soft) = limit.current else {
+        return Ok(None);
+    };
+    let hard = match limit.maximum {
+        Some(hard) => hard,
+        // No hard limit: the kernel's own cap on a process's descriptors.
+        None => match std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+        {
+            Some(cap) => cap,
+            None => return Ok(None),
+        },
+    };
+    if soft >= hard {
+        return Ok(None);
+    }
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(hard),
+            maximum: limit.maximum,
+        },
+    )?;
+    Ok(Some((soft, hard)))
 }
 
 /// SIGINT and SIGTERM (Ctrl-C elsewhere), registered when created.

@@ -94,6 +94,33 @@ fn warn_if_mappings_run_out<'a>(services: impl Iterator<Item = &'a ServiceConfig
     }
 }
 
+/// Descriptors the host holds besides its connections' sockets: listeners, the admin
+/// endpoint, the epoll instance, component and static files, outbound connections.
+const RESERVED_DESCRIPTORS: u64 = 64;
+
+/// Warns when the services' `max_connections` add up to more sockets than the
+/// open-file limit allows: past it, new connections wait in the listen backlog until
+/// others close.
+fn warn_if_descriptors_run_out<'a>(services: impl Iterator<Item = &'a ServiceConfig>) {
+    // `None` is unlimited.
+    let Some(limit) = rustix::process::getrlimit(rustix::process::Resource::Nofile).current else {
+        return;
+    };
+    let connections: u64 = services
+        .map(|service| service.limits.max_connections as u64)
+        .sum();
+    if connections.saturating_add(RESERVED_DESCRIPTORS) > limit {
+        warn!(
+            connections,
+            open_file_limit = limit,
+            "the services allow more connections than the open-file limit: past about {} \
+             of them, new connections wait until others close; raise the hard limit \
+             (`ulimit -Hn`, systemd's LimitNOFILE=)",
+            limit.saturating_sub(RESERVED_DESCRIPTORS)
+        );
+    }
+}
+
 /// How often component files are checked for changes.
 const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -235,6 +262,7 @@ impl Server {
             services.insert(config.path.clone(), Arc::new(service));
         }
         warn_if_mappings_run_out(services.values().map(|service| &service.config));
+        warn_if_descriptors_run_out(services.values().map(|service| &service.config));
         let tls = match &config.listener.secure_socket {
             Some(secure) => Some((
                 crate::tls::acceptor(secure).map_err(Error::Tls)?,
