@@ -426,6 +426,8 @@ struct Deflate {
     compress: flate2::Compress,
     /// The level `compress` was built with, so a pool only reuses matching state.
     level: CompressionLevel,
+    /// The length of the last output handed out: the next one likely needs as much.
+    last_output: usize,
 }
 
 impl Deflate {
@@ -435,6 +437,7 @@ impl Deflate {
             output: BytesMut::with_capacity(OUTPUT_CAPACITY),
             compress: flate2::Compress::new(level, false),
             level,
+            last_output: 0,
         }
     }
 
@@ -445,6 +448,7 @@ impl Deflate {
             output: BytesMut::with_capacity(OUTPUT_CAPACITY),
             compress: flate2::Compress::new_with_window_bits(level, false, window_bits),
             level,
+            last_output: 0,
         }
     }
 
@@ -455,6 +459,7 @@ impl Deflate {
 
     /// Compresses input data while maintaining compression context across frames.
     fn compress(&mut self, mut input: &[u8], flush: bool) -> io::Result<Bytes> {
+        reserve_like_last(&mut self.output, self.last_output, usize::MAX);
         while !input.is_empty() {
             let consumed = self.write(input)?;
             input = &input[consumed..];
@@ -464,7 +469,7 @@ impl Deflate {
             self.flush()
         } else {
             // Return buffered data without flushing
-            Ok(take_output(&mut self.output))
+            Ok(take_output(&mut self.output, &mut self.last_output))
         }
     }
 
@@ -499,6 +504,7 @@ impl Deflate {
     fn flush(&mut self) -> io::Result<Bytes> {
         let output = &mut self.output;
         let compressor = &mut self.compress;
+        let last_output = &mut self.last_output;
 
         loop {
             let dst = chunk(output);
@@ -518,7 +524,7 @@ impl Deflate {
             }
         }
 
-        Ok(take_output(output))
+        Ok(take_output(output, last_output))
     }
 }
 
@@ -543,7 +549,8 @@ const OUTPUT_CAPACITY: usize = 1024;
 /// Takes the finished output. Small output is split off so the buffer reuses the rest
 /// of its allocation. Large output takes the whole buffer, since a split would leave
 /// the buffer holding that allocation for as long as the state lives.
-fn take_output(output: &mut BytesMut) -> Bytes {
+fn take_output(output: &mut BytesMut, last_output: &mut usize) -> Bytes {
+    *last_output = output.len();
     if output.len() > OUTPUT_CAPACITY {
         mem::take(output).freeze()
     } else {
@@ -551,13 +558,31 @@ fn take_output(output: &mut BytesMut) -> Bytes {
     }
 }
 
+/// Before an output starts (`output` empty): room for as much as the last one took (at
+/// most `max`), and the spare chunk [`chunk`] asks for at the end (a compressor's sync
+/// marker goes there before it is cut off). Output taken whole leaves an empty buffer,
+/// and growing one by doubling to a large message's size copies about twice the message
+/// on the way (yawc patch 10).
+fn reserve_like_last(output: &mut BytesMut, last_output: usize, max: usize) {
+    if last_output <= OUTPUT_CAPACITY {
+        return;
+    }
+    let wanted = last_output.min(max).saturating_add(2 * MIN_CHUNK);
+    if output.is_empty() && output.capacity() < wanted {
+        output.reserve(wanted);
+    }
+}
+
+/// The least spare room a compressor or decompressor writes into.
+const MIN_CHUNK: usize = 1024;
+
 /// Returns a mutable slice to the next available chunk of memory in the BytesMut buffer.
 ///
 /// This function ensures that there's always at least 1024 bytes available in the returning byte slice.
 fn chunk(output: &mut BytesMut) -> &mut [u8] {
     // always ensure there's 1024 bytes available
-    if output.capacity() - output.len() < 1024 {
-        output.reserve(1024);
+    if output.capacity() - output.len() < MIN_CHUNK {
+        output.reserve(MIN_CHUNK);
     }
 
     let uninitbuf = output.spare_capacity_mut();
@@ -655,6 +680,8 @@ struct Inflate {
     /// Once that happens the inflater cannot consume any more input, so the remaining
     /// bytes are dropped and the context is reset before the next message.
     stream_ended: bool,
+    /// The length of the last output handed out: the next one likely needs as much.
+    last_output: usize,
 }
 
 impl Default for Inflate {
@@ -664,6 +691,7 @@ impl Default for Inflate {
             output: BytesMut::with_capacity(OUTPUT_CAPACITY),
             decompress: flate2::Decompress::new(false),
             stream_ended: false,
+            last_output: 0,
         }
     }
 }
@@ -685,6 +713,7 @@ impl Inflate {
             output: BytesMut::with_capacity(OUTPUT_CAPACITY),
             decompress: flate2::Decompress::new_with_window_bits(false, window_bits),
             stream_ended: false,
+            last_output: 0,
         }
     }
 
@@ -704,6 +733,7 @@ impl Inflate {
         if max_output_size == 0 {
             return Err(WebSocketError::FrameTooLarge);
         }
+        reserve_like_last(&mut self.output, self.last_output, max_output_size);
         self.write(input, max_output_size)?;
 
         if stream_end {
@@ -725,7 +755,7 @@ impl Inflate {
 
             Ok(out)
         } else {
-            Ok(take_output(&mut self.output))
+            Ok(take_output(&mut self.output, &mut self.last_output))
         }
     }
 
@@ -791,6 +821,7 @@ impl Inflate {
     fn flush(&mut self, max_output_size: usize) -> crate::Result<Bytes> {
         let output = &mut self.output;
         let decompressor = &mut self.decompress;
+        let last_output = &mut self.last_output;
         let mut flush = FlushDecompress::Sync;
 
         loop {
@@ -803,7 +834,7 @@ impl Inflate {
 
             let written = (decompressor.total_out() - before_out) as usize;
             if written == 0 && flush == FlushDecompress::None {
-                break Ok(take_output(output));
+                break Ok(take_output(output, last_output));
             }
 
             // SAFETY: The decompressor initialized `written` bytes in the spare capacity.
@@ -1092,6 +1123,46 @@ mod tests {
                 println!("Successfully processed {i} messages without compression errors");
             }
         }
+    }
+
+    /// Messages of very different sizes in a row round-trip whole: each output starts
+    /// with room for the last one's (patch 10), which must neither truncate a larger one
+    /// nor leak into a smaller one.
+    #[test]
+    fn test_outputs_of_changing_sizes_round_trip() {
+        let large: Vec<u8> = (0..300_000u32)
+            .flat_map(|i| format!("{},", i.wrapping_mul(2_654_435_761) % 1000).into_bytes())
+            .collect();
+        let medium = &large[..5_000];
+        let messages: [&[u8]; 7] = [&large, b"hi", &large, &large, medium, b"", &large];
+        let mut compressor = Compressor::new(Compression::default(), HalfConfig::default());
+        let mut decompressor = Decompressor::new(HalfConfig::default());
+        for (index, message) in messages.iter().enumerate() {
+            let compressed = compressor.compress(message, true).unwrap();
+            let decompressed = decompressor
+                .decompress(&compressed, true, usize::MAX)
+                .unwrap();
+            assert_eq!(&decompressed[..], *message, "message {index}");
+        }
+    }
+
+    /// The room reserved for an output is at most the size limit, and only an empty
+    /// buffer gets it.
+    #[test]
+    fn test_reserve_like_last() {
+        let mut output = bytes::BytesMut::new();
+        super::reserve_like_last(&mut output, 1 << 20, 4096);
+        assert!((4096..1 << 20).contains(&output.capacity()));
+        let mut output = bytes::BytesMut::new();
+        super::reserve_like_last(&mut output, 100, usize::MAX);
+        assert_eq!(output.capacity(), 0, "small outputs grow as they come");
+        let mut output = bytes::BytesMut::new();
+        super::reserve_like_last(&mut output, 1 << 20, usize::MAX);
+        assert!(output.capacity() >= 1 << 20);
+        let mut output = bytes::BytesMut::from(&b"partial"[..]);
+        let before = output.capacity();
+        super::reserve_like_last(&mut output, 1 << 20, usize::MAX);
+        assert_eq!(output.capacity(), before, "an output under way is left alone");
     }
 
     fn compress_repetitive_csv_msg(n: usize) {
