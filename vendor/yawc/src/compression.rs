@@ -551,7 +551,9 @@ const OUTPUT_CAPACITY: usize = 1024;
 /// the buffer holding that allocation for as long as the state lives.
 fn take_output(output: &mut BytesMut, last_output: &mut usize) -> Bytes {
     *last_output = output.len();
-    if output.len() > OUTPUT_CAPACITY {
+    // A small output in a large buffer (reserved for a large one that did not come)
+    // takes the buffer too, so the state does not keep the allocation.
+    if output.len() > OUTPUT_CAPACITY || output.capacity() > 4 * OUTPUT_CAPACITY {
         mem::take(output).freeze()
     } else {
         output.split().freeze()
@@ -1143,6 +1145,13 @@ mod tests {
                 .decompress(&compressed, true, usize::MAX)
                 .unwrap();
             assert_eq!(&decompressed[..], *message, "message {index}");
+            if message.len() <= 1024 {
+                // The room reserved for a large output is not kept after a small one.
+                let deflate = compressor.deflate.as_ref().expect("built");
+                let inflate = decompressor.inflate.as_ref().expect("built");
+                assert!(deflate.output.capacity() <= 4096, "message {index}");
+                assert!(inflate.output.capacity() <= 4096, "message {index}");
+            }
         }
     }
 
