@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tracing_appender::non_blocking::WorkerGuard;
 use wasmsocket_host::{Config, LogFormat, Server};
 
 /// mimalloc rather than glibc's malloc. A connection's task moves between worker
@@ -50,7 +51,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    // The log writer's guard: dropped before exit, it writes out the lines still queued.
+    let mut logs = None;
+    let result = runtime.block_on(run(cli.command, &mut logs));
+    drop(logs);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error}");
@@ -60,12 +65,21 @@ fn main() -> ExitCode {
 }
 
 /// Logs to stderr, at the levels `RUST_LOG` gives (default `info`), as text or JSON.
-fn init_logging(format: LogFormat) {
+///
+/// Lines are written by a thread of their own: a worker thread only queues them, so
+/// neither a `write` per line nor a slow reader of stderr holds up connections. When
+/// 128k lines are queued, loggers wait (no line is dropped). `guard` keeps the writer.
+fn init_logging(format: LogFormat, guard: &mut Option<WorkerGuard>) {
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let (writer, writer_guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("wasmsocket-log")
+        .finish(std::io::stderr());
+    *guard = Some(writer_guard);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
         LogFormat::Json => builder.json().with_current_span(true).init(),
         _ => builder
@@ -74,11 +88,12 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-async fn run(command: Command) -> wasmsocket_host::Result<()> {
+async fn run(command: Command, logs: &mut Option<WorkerGuard>) -> wasmsocket_host::Result<()> {
     match command {
         Command::Serve { config } => {
-            let config = Config::load(&config).inspect_err(|_| init_logging(LogFormat::Text))?;
-            init_logging(config.log.format);
+            let config =
+                Config::load(&config).inspect_err(|_| init_logging(LogFormat::Text, logs))?;
+            init_logging(config.log.format, logs);
             raise_open_file_limit();
             let server = Server::bind(config).await?;
             // Listen for signals before telling anyone we serve, so a stop that
@@ -119,7 +134,7 @@ async fn run(command: Command) -> wasmsocket_host::Result<()> {
             }
         }
         Command::Check { config } => {
-            init_logging(LogFormat::Text);
+            init_logging(LogFormat::Text, logs);
             // As `serve` would, so the warnings about limits are the same.
             raise_open_file_limit();
             let config = Config::load(&config)?;
