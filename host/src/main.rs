@@ -169,16 +169,13 @@ fn raise_soft_limit() -> std::io::Result<Option<(u64, u64)>> {
     let Some(soft) = limit.current else {
         return Ok(None);
     };
-    let hard = match limit.maximum {
-        Some(hard) => hard,
-        // No hard limit: the kernel's own cap on a process's descriptors.
-        None => match std::fs::read_to_string("/proc/sys/fs/nr_open")
+    // No hard limit: the kernel's own cap on a process's descriptors.
+    let Some(hard) = limit.maximum.or_else(|| {
+        std::fs::read_to_string("/proc/sys/fs/nr_open")
             .ok()
             .and_then(|text| text.trim().parse().ok())
-        {
-            Some(cap) => cap,
-            None => return Ok(None),
-        },
+    }) else {
+        return Ok(None);
     };
     if soft >= hard {
         return Ok(None);
