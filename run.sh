@@ -18,6 +18,6 @@ for dir in guest/examples/*/; do
 done
 
 scripts/build-www.sh
-cargo build --release -p wasmsocket-host
+cargo build --profile dist -p wasmsocket-host
 echo "wasmsocket: open http://127.0.0.1:9090/ in a browser"
-exec "$CARGO_TARGET_DIR/release/wasmsocket" serve --config wasmsocket.toml "$@"
+exec "$CARGO_TARGET_DIR/dist/wasmsocket" serve --config wasmsocket.toml "$@"

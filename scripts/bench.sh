@@ -10,9 +10,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 
-cargo build --release -p wasmsocket-host
+cargo build --profile dist -p wasmsocket-host
 cargo build --profile guest --target wasm32-wasip2 -p echo
-cargo build --release -p wasmsocket-bench
+cargo build --profile dist -p wasmsocket-bench
 
 args=("$@")
 out=(--out docs/benchmarks.md)
@@ -22,10 +22,10 @@ for arg in "$@"; do
     esac
 done
 
-export WASMSOCKET_HOST_BIN="$CARGO_TARGET_DIR/release/wasmsocket"
+export WASMSOCKET_HOST_BIN="$CARGO_TARGET_DIR/dist/wasmsocket"
 export WASMSOCKET_ECHO_COMPONENT="$CARGO_TARGET_DIR/wasm32-wasip2/guest/echo.wasm"
 revision=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 git diff --quiet HEAD 2>/dev/null || revision="$revision with uncommitted changes"
 export WASMSOCKET_BENCH_REVISION="$revision"
 export WASMSOCKET_BENCH_COMMAND="scripts/bench.sh${args[*]:+ ${args[*]}}"
-exec "$CARGO_TARGET_DIR/release/wasmsocket-bench" "${out[@]}" "${args[@]}"
+exec "$CARGO_TARGET_DIR/dist/wasmsocket-bench" "${out[@]}" "${args[@]}"
