@@ -826,8 +826,8 @@ async fn frames_sent_with_the_upgrade_request() {
     assert_eq!(server_frame(&mut stream).await, (0x1, b"later".to_vec()));
 }
 
-/// Spec 3.2.1: a remote function's returned value is sent back; a returned close
-/// frame closes.
+/// Spec 3.2.1: a remote function's returned value is sent back, after what the
+/// function wrote through the caller; a returned close frame closes.
 #[tokio::test]
 async fn replies_by_return_value() {
     let host = faulty_host("");
@@ -838,12 +838,44 @@ async fn replies_by_return_value() {
         .unwrap();
     assert_eq!(next(&mut client).await, Message::text("hello there"));
     client
+        .send(Message::text("write-then-reply written returned"))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut client).await, Message::text("written"));
+    assert_eq!(next(&mut client).await, Message::text("returned"));
+    client
         .send(Message::text("reply-close 4100 done with you"))
         .await
         .unwrap();
     assert_eq!(
         expect_close(&mut client).await,
         (4100, "done with you".to_owned())
+    );
+}
+
+/// A returned reply counts against `max_write_buffer` with what the callback wrote:
+/// past it, what was written goes out and the connection closes with 1011, as when a
+/// write through the caller fails.
+#[tokio::test]
+async fn a_reply_past_the_write_buffer_closes_with_1011() {
+    let host = faulty_host("[service.limits]\nmax_write_buffer = 64");
+    let mut client = connect(&host.url("/faulty")).await;
+    client
+        .send(Message::text("write-then-reply 0123456789 short"))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut client).await, Message::text("0123456789"));
+    assert_eq!(next(&mut client).await, Message::text("short"));
+    // 40 bytes written, then a 40-byte reply: 80 > 64.
+    let forty = "x".repeat(40);
+    client
+        .send(Message::text(format!("write-then-reply {forty} {forty}")))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut client).await, Message::text(forty));
+    assert_eq!(
+        expect_close(&mut client).await,
+        (1011, "write buffer full".to_owned())
     );
 }
 

@@ -196,6 +196,10 @@ impl Data {
 
 /// What a message callback sends back, as a Ballerina remote function's return value
 /// is: nothing, a text or binary message, any value (JSON), or a close frame.
+///
+/// A reply goes out after whatever the callback wrote through the [`Caller`], within the
+/// same `max_write_buffer`. It is the cheaper way to answer: the host takes a text or
+/// binary reply from the callback's result, with no call back into the host.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Reply {
@@ -227,12 +231,17 @@ impl Reply {
         }
     }
 
-    fn send(self, caller: &Caller) -> Result {
+    /// The message the host sends after the callback returns (a close goes through
+    /// the caller, as it always did).
+    fn into_message(self, caller: &Caller) -> Result<Option<types::Message>> {
         match self {
-            Reply::None => Ok(()),
-            Reply::Text(text) => Ok(caller.write_text(&text)?),
-            Reply::Binary(data) => Ok(caller.write_binary(&data)?),
-            Reply::Close { code, reason } => Ok(caller.close(code, &reason)?),
+            Reply::None => Ok(None),
+            Reply::Text(text) => Ok(Some(types::Message::Text(text))),
+            Reply::Binary(data) => Ok(Some(types::Message::Binary(data))),
+            Reply::Close { code, reason } => {
+                caller.close(code, &reason)?;
+                Ok(None)
+            }
         }
     }
 }
@@ -704,14 +713,14 @@ pub mod __private {
         }
     }
 
-    type Outcome = std::result::Result<(), types::CallbackError>;
+    type Outcome<T = ()> = std::result::Result<T, types::CallbackError>;
 
     impl<S: Service> Session<S> {
-        fn with(
+        fn with<T>(
             &self,
             caller: &imports::Caller,
-            f: impl FnOnce(&mut S, &Caller) -> Result,
-        ) -> Outcome {
+            f: impl FnOnce(&mut S, &Caller) -> Result<T>,
+        ) -> Outcome<T> {
             let caller = Caller { inner: caller };
             // The host never calls into a session while one of its callbacks runs.
             f(&mut self.0.borrow_mut(), &caller).map_err(Into::into)
@@ -723,12 +732,20 @@ pub mod __private {
             self.with(caller, |s, c| s.on_open(c))
         }
 
-        fn on_text_message(&self, caller: &imports::Caller, data: String) -> Outcome {
-            self.with(caller, |s, c| s.on_text_message(c, data)?.send(c))
+        fn on_text_message(
+            &self,
+            caller: &imports::Caller,
+            data: String,
+        ) -> Outcome<Option<types::Message>> {
+            self.with(caller, |s, c| s.on_text_message(c, data)?.into_message(c))
         }
 
-        fn on_binary_message(&self, caller: &imports::Caller, data: Vec<u8>) -> Outcome {
-            self.with(caller, |s, c| s.on_binary_message(c, data)?.send(c))
+        fn on_binary_message(
+            &self,
+            caller: &imports::Caller,
+            data: Vec<u8>,
+        ) -> Outcome<Option<types::Message>> {
+            self.with(caller, |s, c| s.on_binary_message(c, data)?.into_message(c))
         }
 
         fn on_ping(&self, caller: &imports::Caller, data: Vec<u8>) -> Outcome {

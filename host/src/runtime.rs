@@ -946,22 +946,50 @@ impl Instance {
         self.arm_deadline();
         let handler = self.handler()?.clone();
         let this = session.session;
-        self.run(|store| {
+        let no_reply = |result: Result<(), CallbackError>| result.map(|()| None);
+        let result: Result<Option<Message>, CallbackError> = self.run(|store| {
             let api = handler.session();
-            match event {
-                Event::Open => api.call_on_open(store, this, borrow()),
-                Event::Text(data) => api.call_on_text_message(store, this, borrow(), data),
-                Event::Binary(data) => api.call_on_binary_message(store, this, borrow(), data),
-                Event::Ping(data) => api.call_on_ping(store, this, borrow(), data),
-                Event::Pong(data) => api.call_on_pong(store, this, borrow(), data),
-                Event::IdleTimeout => api.call_on_idle_timeout(store, this, borrow()),
+            Ok::<_, wasmtime::Error>(match event {
+                Event::Open => no_reply(api.call_on_open(store, this, borrow())?),
+                Event::Text(data) => api.call_on_text_message(store, this, borrow(), data)?,
+                Event::Binary(data) => api.call_on_binary_message(store, this, borrow(), data)?,
+                Event::Ping(data) => no_reply(api.call_on_ping(store, this, borrow(), data)?),
+                Event::Pong(data) => no_reply(api.call_on_pong(store, this, borrow(), data)?),
+                Event::IdleTimeout => no_reply(api.call_on_idle_timeout(store, this, borrow())?),
                 Event::Close(code, reason) => {
-                    api.call_on_close(store, this, borrow(), code, reason)
+                    no_reply(api.call_on_close(store, this, borrow(), code, reason)?)
                 }
-                Event::Error(message) => api.call_on_error(store, this, borrow(), message),
-                Event::Timer(id) => api.call_on_timer(store, this, borrow(), id),
+                Event::Error(message) => {
+                    no_reply(api.call_on_error(store, this, borrow(), message)?)
+                }
+                Event::Timer(id) => no_reply(api.call_on_timer(store, this, borrow(), id)?),
+            })
+        })?;
+        let Ok(Some(reply)) = result else {
+            return Ok(result.map(|_| ()));
+        };
+        // The reply goes after what the callback wrote, within the same limit; failing
+        // that, the callback failed as a `write` with `?` would have made it.
+        let (frame, len) = match reply {
+            Message::Text(text) => {
+                let len = text.len();
+                (Outgoing::Text(text), len)
             }
-        })
+            Message::Binary(data) => {
+                let len = data.len();
+                (Outgoing::Binary(data), len)
+            }
+        };
+        Ok(self
+            .store
+            .data_mut()
+            .enqueue(caller, frame, len)?
+            .map_err(|error| {
+                CallbackError::Internal(match error {
+                    CallerError::WriteBufferFull => "write buffer full".to_owned(),
+                    _ => "connection closed".to_owned(),
+                })
+            }))
     }
 
     /// What the last callback left for the connection, in one look at its caller:

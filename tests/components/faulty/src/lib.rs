@@ -170,6 +170,11 @@ impl Service for Faulty {
                     rest.map(|r| format!(" {r}")).unwrap_or_default()
                 )));
             }
+            // A write through the caller, then a reply: they leave in that order.
+            ("write-then-reply", Some(first), Some(second)) => {
+                caller.write_text(first)?;
+                return Ok(Reply::Text(second.to_owned()));
+            }
             ("reply-close", Some(code), reason) => {
                 let code = code
                     .parse()
