@@ -931,8 +931,9 @@ impl Instance {
         }
     }
 
-    /// Delivers `event` to the session. The outer `Err` is a trap; the inner one the
-    /// session's own error.
+    /// Delivers `event` to the session, and queues the message it returns (a message
+    /// callback's reply) after what it wrote. The outer `Err` is a trap; the inner one
+    /// the session's own error.
     pub(crate) fn dispatch(
         &mut self,
         session: &Session,
