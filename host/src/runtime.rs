@@ -503,6 +503,25 @@ impl StoreData {
         Ok(Ok(()))
     }
 
+    /// Queues a text or binary message: a `write-*` call, or a callback's reply.
+    fn enqueue_message(
+        &mut self,
+        caller: &Resource<CallerState>,
+        message: Message,
+    ) -> wasmtime::Result<Result<(), CallerError>> {
+        let (frame, len) = match message {
+            Message::Text(text) => {
+                let len = text.len();
+                (Outgoing::Text(text), len)
+            }
+            Message::Binary(data) => {
+                let len = data.len();
+                (Outgoing::Binary(data), len)
+            }
+        };
+        self.enqueue(caller, frame, len)
+    }
+
     fn enqueue_control(
         &mut self,
         caller: &Resource<CallerState>,
@@ -530,8 +549,7 @@ impl bindings::wasmsocket::service::caller::HostCaller for StoreData {
         caller: Resource<CallerState>,
         data: String,
     ) -> wasmtime::Result<Result<(), CallerError>> {
-        let len = data.len();
-        self.enqueue(&caller, Outgoing::Text(data), len)
+        self.enqueue_message(&caller, Message::Text(data))
     }
 
     fn write_binary(
@@ -539,8 +557,7 @@ impl bindings::wasmsocket::service::caller::HostCaller for StoreData {
         caller: Resource<CallerState>,
         data: Vec<u8>,
     ) -> wasmtime::Result<Result<(), CallerError>> {
-        let len = data.len();
-        self.enqueue(&caller, Outgoing::Binary(data), len)
+        self.enqueue_message(&caller, Message::Binary(data))
     }
 
     fn ping(
@@ -971,25 +988,17 @@ impl Instance {
         };
         // The reply goes after what the callback wrote, within the same limit; failing
         // that, the callback failed as a `write` with `?` would have made it.
-        let (frame, len) = match reply {
-            Message::Text(text) => {
-                let len = text.len();
-                (Outgoing::Text(text), len)
-            }
-            Message::Binary(data) => {
-                let len = data.len();
-                (Outgoing::Binary(data), len)
-            }
-        };
         Ok(self
             .store
             .data_mut()
-            .enqueue(caller, frame, len)?
+            .enqueue_message(caller, reply)?
             .map_err(|error| {
-                CallbackError::Internal(match error {
-                    CallerError::WriteBufferFull => "write buffer full".to_owned(),
-                    _ => "connection closed".to_owned(),
-                })
+                let why = match error {
+                    CallerError::WriteBufferFull => "write buffer full",
+                    // The only other refusal of `enqueue`.
+                    _ => "connection closed",
+                };
+                CallbackError::Internal(why.to_owned())
             }))
     }
 
