@@ -325,9 +325,10 @@ async fn faulty() {
     assert_eq!(status_of(&rejected), 403, "{rejected}");
     assert!(rejected.ends_with("not you"), "{rejected}");
 
-    // A hook that panics, or answers with what the host must not send: 500.
-    // (`inject` tries a CRLF header injection: the host refuses it.)
-    for query in ["panic", "bad-header", "bad-protocol", "inject"] {
+    // A hook that panics, calls a caller function (there is no connection yet), or
+    // answers with what the host must not send: 500. (`inject` tries a CRLF header
+    // injection: the host refuses it.)
+    for query in ["panic", "caller", "bad-header", "bad-protocol", "inject"] {
         let response = raw_request(
             &host,
             &upgrade_request(&format!("/faulty?upgrade={query}"), ""),

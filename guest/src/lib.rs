@@ -515,8 +515,11 @@ impl From<types::CallerError> for CallerError {
 /// The connection a callback runs for: Ballerina's `websocket:Caller`.
 ///
 /// Writes are queued and sent in order when the callback returns.
+///
+/// It exists only for the duration of a callback: the host's caller functions act on
+/// whichever connection's callback is running, so a `Caller` cannot be kept for later.
 pub struct Caller<'a> {
-    inner: &'a imports::Caller,
+    _callback: std::marker::PhantomData<&'a ()>,
 }
 
 impl fmt::Debug for Caller<'_> {
@@ -531,17 +534,17 @@ pub const DEFAULT_CLOSE_TIMEOUT_MS: u32 = 60_000;
 impl Caller<'_> {
     /// The connection's host-unique id.
     pub fn id(&self) -> String {
-        self.inner.id()
+        imports::id()
     }
 
     /// Sends a text message.
     pub fn write_text(&self, text: &str) -> Result<(), CallerError> {
-        Ok(self.inner.write_text(text)?)
+        Ok(imports::write_text(text)?)
     }
 
     /// Sends a binary message.
     pub fn write_binary(&self, data: &[u8]) -> Result<(), CallerError> {
-        Ok(self.inner.write_binary(data)?)
+        Ok(imports::write_binary(data)?)
     }
 
     /// Sends any serializable value: strings as text as they are, byte strings
@@ -559,12 +562,12 @@ impl Caller<'_> {
 
     /// Sends a ping (at most 125 bytes).
     pub fn ping(&self, data: &[u8]) -> Result<(), CallerError> {
-        Ok(self.inner.ping(data)?)
+        Ok(imports::ping(data)?)
     }
 
     /// Sends a pong (at most 125 bytes).
     pub fn pong(&self, data: &[u8]) -> Result<(), CallerError> {
-        Ok(self.inner.pong(data)?)
+        Ok(imports::pong(data)?)
     }
 
     /// Closes with `code` and `reason`, waiting up to 60 s for the peer's close frame.
@@ -580,54 +583,56 @@ impl Caller<'_> {
         reason: &str,
         timeout_ms: u32,
     ) -> Result<(), CallerError> {
-        Ok(self.inner.close(code, reason, timeout_ms)?)
+        Ok(imports::close(code, reason, timeout_ms)?)
     }
 
     /// Whether the connection is open (no close frame sent or received).
     pub fn is_open(&self) -> bool {
-        self.inner.is_open()
+        imports::is_open()
     }
 
     /// Whether the connection runs over TLS.
     pub fn is_secure(&self) -> bool {
-        self.inner.is_secure()
+        imports::is_secure()
     }
 
     /// The subprotocol agreed in the handshake.
     pub fn negotiated_subprotocol(&self) -> Option<String> {
-        self.inner.negotiated_subprotocol()
+        imports::negotiated_subprotocol()
     }
 
     /// Sets a per-connection attribute.
     pub fn set_attribute(&self, key: &str, value: &str) {
-        self.inner.set_attribute(key, value)
+        imports::set_attribute(key, value)
     }
 
     /// Subscribes this connection to `topic`: what other connections of this host
     /// (and, with the host's Redis topics backend, of the other hosts) publish there
     /// is sent to it by the host (no callback runs).
     pub fn subscribe(&self, topic: &str) -> Result<(), CallerError> {
-        Ok(self.inner.subscribe(topic)?)
+        Ok(imports::subscribe(topic)?)
     }
 
     /// Ends the subscription to `topic`.
     pub fn unsubscribe(&self, topic: &str) {
-        self.inner.unsubscribe(topic)
+        imports::unsubscribe(topic)
     }
 
     /// Sends a text message to every other connection subscribed to `topic`; returns
     /// how many connections of this host it was queued for.
     pub fn publish_text(&self, topic: &str, text: &str) -> Result<u32, CallerError> {
-        Ok(self
-            .inner
-            .publish(topic, &types::Message::Text(text.to_owned()))?)
+        Ok(imports::publish(
+            topic,
+            &types::Message::Text(text.to_owned()),
+        )?)
     }
 
     /// Sends a binary message to every other connection subscribed to `topic`.
     pub fn publish_binary(&self, topic: &str, data: &[u8]) -> Result<u32, CallerError> {
-        Ok(self
-            .inner
-            .publish(topic, &types::Message::Binary(data.to_vec()))?)
+        Ok(imports::publish(
+            topic,
+            &types::Message::Binary(data.to_vec()),
+        )?)
     }
 
     /// Publishes any serializable value, framed as [`Caller::write_message`] frames it.
@@ -652,22 +657,22 @@ impl Caller<'_> {
         repeat: bool,
     ) -> Result<(), CallerError> {
         let ms = u32::try_from(delay.as_millis()).unwrap_or(u32::MAX);
-        Ok(self.inner.set_timer(id, ms, repeat)?)
+        Ok(imports::set_timer(id, ms, repeat)?)
     }
 
     /// Cancels timer `id`.
     pub fn cancel_timer(&self, id: u32) {
-        self.inner.cancel_timer(id)
+        imports::cancel_timer(id)
     }
 
     /// Reads a per-connection attribute.
     pub fn get_attribute(&self, key: &str) -> Option<String> {
-        self.inner.get_attribute(key)
+        imports::get_attribute(key)
     }
 
     /// Removes a per-connection attribute, returning its value.
     pub fn remove_attribute(&self, key: &str) -> Option<String> {
-        self.inner.remove_attribute(key)
+        imports::remove_attribute(key)
     }
 }
 
@@ -682,12 +687,48 @@ pub mod __private {
     /// The component type exported for service `S`.
     pub struct Component<S>(std::marker::PhantomData<S>);
 
-    /// The exported `session` resource: one service value per connection.
-    pub struct Session<S>(RefCell<S>);
+    thread_local! {
+        /// The instance's sessions (one service value per connection), by the number
+        /// handed to the host at upgrade. An isolated instance has one; a shared one
+        /// as many as it serves connections.
+        static SESSIONS: RefCell<Sessions> = const { RefCell::new(Sessions::new()) };
+    }
+
+    /// A slab of sessions; a freed slot's number is given to the next one.
+    struct Sessions {
+        slots: Vec<Option<Box<dyn std::any::Any>>>,
+        free: Vec<u32>,
+    }
+
+    impl Sessions {
+        const fn new() -> Self {
+            Self {
+                slots: Vec::new(),
+                free: Vec::new(),
+            }
+        }
+
+        fn insert(&mut self, session: Box<dyn std::any::Any>) -> u32 {
+            match self.free.pop() {
+                Some(number) => {
+                    self.slots[number as usize] = Some(session);
+                    number
+                }
+                None => {
+                    self.slots.push(Some(session));
+                    u32::try_from(self.slots.len() - 1).expect("fewer than 2^32 sessions")
+                }
+            }
+        }
+
+        fn remove(&mut self, number: u32) -> Option<Box<dyn std::any::Any>> {
+            let session = self.slots.get_mut(number as usize)?.take()?;
+            self.free.push(number);
+            Some(session)
+        }
+    }
 
     impl<S: Service> exports::Guest for Component<S> {
-        type Session = Session<S>;
-
         fn implemented_callbacks() -> Callbacks {
             S::__implemented_callbacks()
         }
@@ -697,7 +738,8 @@ pub mod __private {
         ) -> std::result::Result<exports::Acceptance, types::UpgradeRejection> {
             match S::upgrade(&request.into()) {
                 Ok(accept) => Ok(exports::Acceptance {
-                    session: exports::Session::new(Session(RefCell::new(accept.session))),
+                    session: SESSIONS
+                        .with_borrow_mut(|sessions| sessions.insert(Box::new(accept.session))),
                     headers: accept
                         .headers
                         .into_iter()
@@ -711,65 +753,72 @@ pub mod __private {
                 }),
             }
         }
+
+        fn on_open(session: u32) -> Outcome {
+            with::<S, _>(session, |s, c| s.on_open(c))
+        }
+
+        fn on_text_message(session: u32, data: String) -> Outcome<Option<types::Message>> {
+            with::<S, _>(session, |s, c| s.on_text_message(c, data)?.into_message(c))
+        }
+
+        fn on_binary_message(session: u32, data: Vec<u8>) -> Outcome<Option<types::Message>> {
+            with::<S, _>(session, |s, c| {
+                s.on_binary_message(c, data)?.into_message(c)
+            })
+        }
+
+        fn on_ping(session: u32, data: Vec<u8>) -> Outcome {
+            with::<S, _>(session, |s, c| s.on_ping(c, data))
+        }
+
+        fn on_pong(session: u32, data: Vec<u8>) -> Outcome {
+            with::<S, _>(session, |s, c| s.on_pong(c, data))
+        }
+
+        fn on_idle_timeout(session: u32) -> Outcome {
+            with::<S, _>(session, |s, c| s.on_idle_timeout(c))
+        }
+
+        fn on_close(session: u32, code: u16, reason: String) -> Outcome {
+            with::<S, _>(session, |s, c| s.on_close(c, code, reason))
+        }
+
+        fn on_error(session: u32, message: String) -> Outcome {
+            with::<S, _>(session, |s, c| s.on_error(c, message))
+        }
+
+        fn on_timer(session: u32, id: u32) -> Outcome {
+            with::<S, _>(session, |s, c| s.on_timer(c, id))
+        }
+
+        fn end(session: u32) {
+            // Dropped outside the borrow: a service's `Drop` is user code.
+            let ended = SESSIONS.with_borrow_mut(|sessions| sessions.remove(session));
+            drop(ended);
+        }
     }
 
     type Outcome<T = ()> = std::result::Result<T, types::CallbackError>;
 
-    impl<S: Service> Session<S> {
-        fn with<T>(
-            &self,
-            caller: &imports::Caller,
-            f: impl FnOnce(&mut S, &Caller) -> Result<T>,
-        ) -> Outcome<T> {
-            let caller = Caller { inner: caller };
-            // The host never calls into a session while one of its callbacks runs.
-            f(&mut self.0.borrow_mut(), &caller).map_err(Into::into)
-        }
-    }
-
-    impl<S: Service> exports::GuestSession for Session<S> {
-        fn on_open(&self, caller: &imports::Caller) -> Outcome {
-            self.with(caller, |s, c| s.on_open(c))
-        }
-
-        fn on_text_message(
-            &self,
-            caller: &imports::Caller,
-            data: String,
-        ) -> Outcome<Option<types::Message>> {
-            self.with(caller, |s, c| s.on_text_message(c, data)?.into_message(c))
-        }
-
-        fn on_binary_message(
-            &self,
-            caller: &imports::Caller,
-            data: Vec<u8>,
-        ) -> Outcome<Option<types::Message>> {
-            self.with(caller, |s, c| s.on_binary_message(c, data)?.into_message(c))
-        }
-
-        fn on_ping(&self, caller: &imports::Caller, data: Vec<u8>) -> Outcome {
-            self.with(caller, |s, c| s.on_ping(c, data))
-        }
-
-        fn on_pong(&self, caller: &imports::Caller, data: Vec<u8>) -> Outcome {
-            self.with(caller, |s, c| s.on_pong(c, data))
-        }
-
-        fn on_idle_timeout(&self, caller: &imports::Caller) -> Outcome {
-            self.with(caller, |s, c| s.on_idle_timeout(c))
-        }
-
-        fn on_close(&self, caller: &imports::Caller, code: u16, reason: String) -> Outcome {
-            self.with(caller, |s, c| s.on_close(c, code, reason))
-        }
-
-        fn on_error(&self, caller: &imports::Caller, message: String) -> Outcome {
-            self.with(caller, |s, c| s.on_error(c, message))
-        }
-
-        fn on_timer(&self, caller: &imports::Caller, id: u32) -> Outcome {
-            self.with(caller, |s, c| s.on_timer(c, id))
-        }
+    /// Runs `f` on session `number` with the running callback's caller.
+    fn with<S: Service, T>(
+        number: u32,
+        f: impl FnOnce(&mut S, &Caller) -> Result<T>,
+    ) -> Outcome<T> {
+        let caller = Caller {
+            _callback: std::marker::PhantomData,
+        };
+        // The host never calls into the component while one of its callbacks runs, so
+        // nothing else borrows the sessions meanwhile.
+        SESSIONS.with_borrow_mut(|sessions| {
+            let session = sessions
+                .slots
+                .get_mut(number as usize)
+                .and_then(|slot| slot.as_mut())
+                .and_then(|session| session.downcast_mut::<S>())
+                .ok_or_else(|| types::CallbackError::Internal(format!("no session {number}")))?;
+            f(session, &caller).map_err(Into::into)
+        })
     }
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
-use wasmtime::component::{Component, Linker, Resource, ResourceAny, ResourceTable};
+use wasmtime::component::{Component, Linker, Resource, ResourceTable};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -29,9 +29,6 @@ pub(crate) mod bindings {
         path: "../wit",
         world: "service",
         imports: { default: trappable },
-        with: {
-            "wasmsocket:service/caller.caller": super::CallerState,
-        },
     });
 }
 
@@ -46,6 +43,10 @@ pub(crate) use bindings::wasmsocket::service::types::{
 /// How often the epoch advances; callback deadlines are counted in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
+/// On how many epoch ticks a long-running callback tries to hand its worker's other
+/// tasks to another thread (see [`crate::wasi::hand_off_worker`]).
+const HAND_OFF_ATTEMPTS: u64 = 5;
+
 /// Linear memories kept, zeroed, for reuse after their connections end (each a
 /// reservation of address space, kernel mappings, and the pages its guest wrote, now
 /// zero, until reused).
@@ -55,7 +56,7 @@ const KEPT_MEMORIES: usize = 1024;
 const MAX_TABLE_ENTRIES: usize = 1024;
 
 /// Most resource-table entries and component handles a shared instance may hold:
-/// two per connection (session and caller) and some to spare.
+/// one per connection (its caller) and some to spare.
 const MAX_SHARED_ENTRIES: usize = 1 << 21;
 
 /// The engine and linker shared by every service, and the thread that drives
@@ -264,6 +265,7 @@ impl ServiceComponent {
             max_write_buffer: self.limits.max_write_buffer,
             ticks_left: 0,
             topics: self.topics.clone(),
+            current: None,
         };
         let mut store = Store::new(&self.engine, data);
         store.limiter(|data| &mut data.limits);
@@ -276,14 +278,17 @@ impl ServiceComponent {
             .max(1) as u64;
         // A guest runs until its callback's budget of ticks is spent: then it traps.
         // Once it has run for more than a tick, the worker's other tasks move to
-        // another thread.
+        // another thread. The hand-off is tried on a few ticks: it fails when the new
+        // thread is slow to start (a busy machine), and once it has worked a repeat
+        // costs only its short wait.
         store.epoch_deadline_callback(move |mut store| {
             let data = store.data_mut();
             if data.ticks_left <= 1 {
                 return Ok(UpdateDeadline::Interrupt);
             }
             data.ticks_left -= 1;
-            if data.ticks_left == ticks - 2 {
+            let ran = ticks - data.ticks_left;
+            if (2..2 + HAND_OFF_ATTEMPTS).contains(&ran) {
                 crate::wasi::hand_off_worker();
             }
             Ok(UpdateDeadline::Continue(1))
@@ -312,6 +317,9 @@ pub(crate) struct StoreData {
     /// Epoch ticks the running callback may still use.
     ticks_left: u64,
     topics: Arc<Topics>,
+    /// The caller of the connection whose callback is running: what the `caller`
+    /// functions act on. `None` outside session callbacks.
+    current: Option<u32>,
 }
 
 impl WasiView for StoreData {
@@ -407,13 +415,9 @@ impl Drop for Limiter {
     }
 }
 
-/// The host side of a `caller` resource: one connection's state as a session sees it.
+/// One connection's state as its session sees it through the `caller` functions.
 #[derive(Debug)]
-#[expect(
-    unreachable_pub,
-    reason = "the generated bindings re-export it publicly"
-)]
-pub struct CallerState {
+pub(crate) struct CallerState {
     id: String,
     secure: bool,
     subprotocol: Option<String>,
@@ -484,14 +488,22 @@ impl StoreData {
         Ok(self.table.get_mut(caller)?)
     }
 
+    /// The caller of the running callback. Outside one (in `upgrade`, say) a `caller`
+    /// function traps: there is no connection for it to act on.
+    fn current(&mut self) -> wasmtime::Result<&mut CallerState> {
+        let rep = self.current.ok_or_else(|| {
+            wasmtime::format_err!("a caller function was called outside a session callback")
+        })?;
+        Ok(self.table.get_mut(&Resource::new_borrow(rep))?)
+    }
+
     fn enqueue(
         &mut self,
-        caller: &Resource<CallerState>,
         frame: Outgoing,
         len: usize,
     ) -> wasmtime::Result<Result<(), CallerError>> {
         let limit = self.max_write_buffer;
-        let state = self.caller(caller)?;
+        let state = self.current()?;
         if state.closing {
             return Ok(Err(CallerError::ConnectionClosed));
         }
@@ -504,11 +516,7 @@ impl StoreData {
     }
 
     /// Queues a text or binary message: a `write-*` call, or a callback's reply.
-    fn enqueue_message(
-        &mut self,
-        caller: &Resource<CallerState>,
-        message: Message,
-    ) -> wasmtime::Result<Result<(), CallerError>> {
+    fn enqueue_message(&mut self, message: Message) -> wasmtime::Result<Result<(), CallerError>> {
         let (frame, len) = match message {
             Message::Text(text) => {
                 let len = text.len();
@@ -519,12 +527,11 @@ impl StoreData {
                 (Outgoing::Binary(data), len)
             }
         };
-        self.enqueue(caller, frame, len)
+        self.enqueue(frame, len)
     }
 
     fn enqueue_control(
         &mut self,
-        caller: &Resource<CallerState>,
         frame: fn(Vec<u8>) -> Outgoing,
         data: Vec<u8>,
     ) -> wasmtime::Result<Result<(), CallerError>> {
@@ -532,53 +539,35 @@ impl StoreData {
             return Ok(Err(CallerError::ControlFrameTooLarge));
         }
         let len = data.len();
-        self.enqueue(caller, frame(data), len)
+        self.enqueue(frame(data), len)
     }
 }
 
 impl bindings::wasmsocket::service::types::Host for StoreData {}
-impl bindings::wasmsocket::service::caller::Host for StoreData {}
 
-impl bindings::wasmsocket::service::caller::HostCaller for StoreData {
-    fn id(&mut self, caller: Resource<CallerState>) -> wasmtime::Result<String> {
-        Ok(self.caller(&caller)?.id.clone())
+impl bindings::wasmsocket::service::caller::Host for StoreData {
+    fn id(&mut self) -> wasmtime::Result<String> {
+        Ok(self.current()?.id.clone())
     }
 
-    fn write_text(
-        &mut self,
-        caller: Resource<CallerState>,
-        data: String,
-    ) -> wasmtime::Result<Result<(), CallerError>> {
-        self.enqueue_message(&caller, Message::Text(data))
+    fn write_text(&mut self, data: String) -> wasmtime::Result<Result<(), CallerError>> {
+        self.enqueue_message(Message::Text(data))
     }
 
-    fn write_binary(
-        &mut self,
-        caller: Resource<CallerState>,
-        data: Vec<u8>,
-    ) -> wasmtime::Result<Result<(), CallerError>> {
-        self.enqueue_message(&caller, Message::Binary(data))
+    fn write_binary(&mut self, data: Vec<u8>) -> wasmtime::Result<Result<(), CallerError>> {
+        self.enqueue_message(Message::Binary(data))
     }
 
-    fn ping(
-        &mut self,
-        caller: Resource<CallerState>,
-        data: Vec<u8>,
-    ) -> wasmtime::Result<Result<(), CallerError>> {
-        self.enqueue_control(&caller, Outgoing::Ping, data)
+    fn ping(&mut self, data: Vec<u8>) -> wasmtime::Result<Result<(), CallerError>> {
+        self.enqueue_control(Outgoing::Ping, data)
     }
 
-    fn pong(
-        &mut self,
-        caller: Resource<CallerState>,
-        data: Vec<u8>,
-    ) -> wasmtime::Result<Result<(), CallerError>> {
-        self.enqueue_control(&caller, Outgoing::Pong, data)
+    fn pong(&mut self, data: Vec<u8>) -> wasmtime::Result<Result<(), CallerError>> {
+        self.enqueue_control(Outgoing::Pong, data)
     }
 
     fn close(
         &mut self,
-        caller: Resource<CallerState>,
         code: u16,
         reason: String,
         timeout_ms: u32,
@@ -594,61 +583,41 @@ impl bindings::wasmsocket::service::caller::HostCaller for StoreData {
             reason,
             timeout: Duration::from_millis(timeout_ms.into()),
         };
-        let result = self.enqueue(&caller, frame, 0)?;
+        let result = self.enqueue(frame, 0)?;
         if result.is_ok() {
-            self.caller(&caller)?.closing = true;
+            self.current()?.closing = true;
         }
         Ok(result)
     }
 
-    fn is_open(&mut self, caller: Resource<CallerState>) -> wasmtime::Result<bool> {
-        Ok(!self.caller(&caller)?.closing)
+    fn is_open(&mut self) -> wasmtime::Result<bool> {
+        Ok(!self.current()?.closing)
     }
 
-    fn is_secure(&mut self, caller: Resource<CallerState>) -> wasmtime::Result<bool> {
-        Ok(self.caller(&caller)?.secure)
+    fn is_secure(&mut self) -> wasmtime::Result<bool> {
+        Ok(self.current()?.secure)
     }
 
-    fn negotiated_subprotocol(
-        &mut self,
-        caller: Resource<CallerState>,
-    ) -> wasmtime::Result<Option<String>> {
-        Ok(self.caller(&caller)?.subprotocol.clone())
+    fn negotiated_subprotocol(&mut self) -> wasmtime::Result<Option<String>> {
+        Ok(self.current()?.subprotocol.clone())
     }
 
-    fn set_attribute(
-        &mut self,
-        caller: Resource<CallerState>,
-        key: String,
-        value: String,
-    ) -> wasmtime::Result<()> {
-        self.caller(&caller)?.attributes.insert(key, value);
+    fn set_attribute(&mut self, key: String, value: String) -> wasmtime::Result<()> {
+        self.current()?.attributes.insert(key, value);
         Ok(())
     }
 
-    fn get_attribute(
-        &mut self,
-        caller: Resource<CallerState>,
-        key: String,
-    ) -> wasmtime::Result<Option<String>> {
-        Ok(self.caller(&caller)?.attributes.get(&key).cloned())
+    fn get_attribute(&mut self, key: String) -> wasmtime::Result<Option<String>> {
+        Ok(self.current()?.attributes.get(&key).cloned())
     }
 
-    fn remove_attribute(
-        &mut self,
-        caller: Resource<CallerState>,
-        key: String,
-    ) -> wasmtime::Result<Option<String>> {
-        Ok(self.caller(&caller)?.attributes.remove(&key))
+    fn remove_attribute(&mut self, key: String) -> wasmtime::Result<Option<String>> {
+        Ok(self.current()?.attributes.remove(&key))
     }
 
-    fn subscribe(
-        &mut self,
-        caller: Resource<CallerState>,
-        topic: String,
-    ) -> wasmtime::Result<Result<(), CallerError>> {
+    fn subscribe(&mut self, topic: String) -> wasmtime::Result<Result<(), CallerError>> {
         let topics = self.topics.clone();
-        let state = self.caller(&caller)?;
+        let state = self.current()?;
         if state.subscriptions.contains(&topic) {
             return Ok(Ok(()));
         }
@@ -671,13 +640,9 @@ impl bindings::wasmsocket::service::caller::HostCaller for StoreData {
         Ok(Ok(()))
     }
 
-    fn unsubscribe(
-        &mut self,
-        caller: Resource<CallerState>,
-        topic: String,
-    ) -> wasmtime::Result<()> {
+    fn unsubscribe(&mut self, topic: String) -> wasmtime::Result<()> {
         let topics = self.topics.clone();
-        let state = self.caller(&caller)?;
+        let state = self.current()?;
         if state.subscriptions.remove(&topic) {
             topics.unsubscribe(&topic, state.number);
         }
@@ -686,12 +651,11 @@ impl bindings::wasmsocket::service::caller::HostCaller for StoreData {
 
     fn publish(
         &mut self,
-        caller: Resource<CallerState>,
         topic: String,
         message: Message,
     ) -> wasmtime::Result<Result<u32, CallerError>> {
         let topics = self.topics.clone();
-        let state = self.caller(&caller)?;
+        let state = self.current()?;
         if topic.len() > topics::MAX_TOPIC_LEN {
             return Ok(Err(CallerError::LimitExceeded));
         }
@@ -704,12 +668,11 @@ impl bindings::wasmsocket::service::caller::HostCaller for StoreData {
 
     fn set_timer(
         &mut self,
-        caller: Resource<CallerState>,
         id: u32,
         delay_ms: u32,
         repeat: bool,
     ) -> wasmtime::Result<Result<(), CallerError>> {
-        let state = self.caller(&caller)?;
+        let state = self.current()?;
         if !state.timers.contains_key(&id) && state.timers.len() >= MAX_TIMERS {
             return Ok(Err(CallerError::LimitExceeded));
         }
@@ -722,16 +685,8 @@ impl bindings::wasmsocket::service::caller::HostCaller for StoreData {
         Ok(Ok(()))
     }
 
-    fn cancel_timer(&mut self, caller: Resource<CallerState>, id: u32) -> wasmtime::Result<()> {
-        self.caller(&caller)?.timers.remove(&id);
-        Ok(())
-    }
-
-    fn drop(&mut self, caller: Resource<CallerState>) -> wasmtime::Result<()> {
-        let state = self.table.delete(caller)?;
-        for topic in &state.subscriptions {
-            self.topics.unsubscribe(topic, state.number);
-        }
+    fn cancel_timer(&mut self, id: u32) -> wasmtime::Result<()> {
+        self.current()?.timers.remove(&id);
         Ok(())
     }
 }
@@ -765,9 +720,10 @@ pub(crate) enum Decision {
     Reject(UpgradeRejection),
 }
 
-/// An accepted connection's session and the caller handed to its callbacks.
+/// An accepted connection's session (the component's number for it) and the caller
+/// its callbacks act on.
 pub(crate) struct Session {
-    session: ResourceAny,
+    session: u32,
     caller: Option<Resource<CallerState>>,
 }
 
@@ -924,14 +880,15 @@ impl Instance {
     }
 
     /// Ends a connection in a shared instance: its subscriptions and timers, its
-    /// caller, and its session resource (the guest's destructor runs). `Err` is a trap.
+    /// caller, and its session (the guest's `end` frees it). `Err` is a trap.
     pub(crate) fn end(&mut self, session: Session) -> wasmtime::Result<()> {
         self.release(&session);
         if let Some(caller) = session.caller {
             self.store.data_mut().table.delete(caller)?;
         }
         self.arm_deadline();
-        self.run(|store| session.session.resource_drop(store))
+        let handler = self.handler()?.clone();
+        self.run(|store| handler.call_end(store, session.session))
     }
 
     /// Ends the connection's subscriptions and timers.
@@ -960,27 +917,36 @@ impl Instance {
             .caller
             .as_ref()
             .ok_or_else(|| wasmtime::format_err!("session has no caller"))?;
-        let borrow = || Resource::<CallerState>::new_borrow(caller.rep());
+        self.store.data_mut().current = Some(caller.rep());
+        let result = self.deliver(session.session, event);
+        // A shared instance's next call may be another connection's, or `upgrade`.
+        self.store.data_mut().current = None;
+        result
+    }
+
+    /// [`dispatch`](Self::dispatch) with the caller set.
+    fn deliver(
+        &mut self,
+        session: u32,
+        event: Event<'_>,
+    ) -> wasmtime::Result<Result<(), CallbackError>> {
         self.arm_deadline();
         let handler = self.handler()?.clone();
-        let this = session.session;
         let no_reply = |result: Result<(), CallbackError>| result.map(|()| None);
         let result: Result<Option<Message>, CallbackError> = self.run(|store| {
-            let api = handler.session();
+            let api = &handler;
             Ok::<_, wasmtime::Error>(match event {
-                Event::Open => no_reply(api.call_on_open(store, this, borrow())?),
-                Event::Text(data) => api.call_on_text_message(store, this, borrow(), data)?,
-                Event::Binary(data) => api.call_on_binary_message(store, this, borrow(), data)?,
-                Event::Ping(data) => no_reply(api.call_on_ping(store, this, borrow(), data)?),
-                Event::Pong(data) => no_reply(api.call_on_pong(store, this, borrow(), data)?),
-                Event::IdleTimeout => no_reply(api.call_on_idle_timeout(store, this, borrow())?),
+                Event::Open => no_reply(api.call_on_open(store, session)?),
+                Event::Text(data) => api.call_on_text_message(store, session, data)?,
+                Event::Binary(data) => api.call_on_binary_message(store, session, data)?,
+                Event::Ping(data) => no_reply(api.call_on_ping(store, session, data)?),
+                Event::Pong(data) => no_reply(api.call_on_pong(store, session, data)?),
+                Event::IdleTimeout => no_reply(api.call_on_idle_timeout(store, session)?),
                 Event::Close(code, reason) => {
-                    no_reply(api.call_on_close(store, this, borrow(), code, reason)?)
+                    no_reply(api.call_on_close(store, session, code, reason)?)
                 }
-                Event::Error(message) => {
-                    no_reply(api.call_on_error(store, this, borrow(), message)?)
-                }
-                Event::Timer(id) => no_reply(api.call_on_timer(store, this, borrow(), id)?),
+                Event::Error(message) => no_reply(api.call_on_error(store, session, message)?),
+                Event::Timer(id) => no_reply(api.call_on_timer(store, session, id)?),
             })
         })?;
         let Ok(Some(reply)) = result else {
@@ -991,7 +957,7 @@ impl Instance {
         Ok(self
             .store
             .data_mut()
-            .enqueue_message(caller, reply)?
+            .enqueue_message(reply)?
             .map_err(|error| {
                 let why = match error {
                     CallerError::WriteBufferFull => "write buffer full",

@@ -114,7 +114,8 @@ pub(crate) fn blocking<R>(call: impl FnOnce() -> R) -> R {
 pub(crate) fn hand_off_worker() {
     if on_multi_thread_runtime() {
         // `block_in_place` moves the worker to a fresh thread and takes it back at
-        // the end if that thread has not started yet: give it time to.
+        // the end if that thread has not started yet: give it time to (the epoch
+        // callback tries again on later ticks if it did not).
         tokio::task::block_in_place(|| std::thread::sleep(HAND_OFF_WAIT));
     }
 }

@@ -2,7 +2,8 @@
 //! of the contract (upgrade rejection, headers, subprotocols, close, attributes,
 //! callbacks).
 //!
-//! Upgrade queries: `upgrade=reject|panic|bad-header|bad-protocol|inject`, `until=<unix ms>`.
+//! Upgrade queries: `upgrade=reject|panic|caller|bad-header|bad-protocol|inject` (`caller`
+//! calls a caller function, which only callbacks may), `until=<unix ms>`.
 //! Text commands: `panic`, `loop` (never returns), `alloc` (allocates without end),
 //! `close CODE REASON`, `fail-unsupported`, `fail-close CODE`, `ping`,
 //! `attr KEY VALUE` / `attr KEY` (set / read an attribute), `info` (id, secure,
@@ -83,6 +84,10 @@ impl Service for Faulty {
         match request.query_param("upgrade") {
             Some("reject") => return Err(UpgradeError::forbidden("not you")),
             Some("panic") => panic!("upgrade hook told to panic"),
+            Some("caller") => {
+                // No connection to act on yet: the host traps this call.
+                wasmsocket_guest::wit::wasmsocket::service::caller::is_open();
+            }
             Some("bad-header") => {
                 return Ok(Accept::new(Faulty::default()).header("connection", "close"));
             }
