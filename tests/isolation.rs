@@ -155,7 +155,8 @@ async fn shared_instance_infinite_loop_closes_its_connections() {
 }
 
 /// Shared mode ends each session when its connection ends: the guest's destructor
-/// runs (the component counts its live sessions) and the host forgets the caller.
+/// runs (the component counts its live sessions) and the host forgets the caller. So
+/// does an upgrade the guest accepted but the host then refused.
 #[tokio::test]
 async fn shared_instance_sessions_end_with_their_connections() {
     let host = Host::with_service(
@@ -188,6 +189,17 @@ async fn shared_instance_sessions_end_with_their_connections() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+    // The hook accepts with a response header, or a subprotocol, the host refuses.
+    for query in ["bad-header", "bad-protocol"] {
+        let refused = connect_async(format!("{url}?upgrade={query}")).await;
+        assert!(refused.is_err(), "{query}: {refused:?}");
+    }
+    long_lived.send(Message::text("live")).await.unwrap();
+    assert_eq!(
+        next(&mut long_lived).await,
+        Message::text("1"),
+        "refused upgrades left sessions behind"
+    );
 }
 
 /// An isolated connection needs its own linear memory. When the host cannot map

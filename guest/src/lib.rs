@@ -817,7 +817,7 @@ pub mod __private {
                 .get_mut(number as usize)
                 .and_then(|slot| slot.as_mut())
                 .and_then(|session| session.downcast_mut::<S>())
-                .ok_or_else(|| types::CallbackError::Internal(format!("no session {number}")))?;
+                .ok_or_else(|| types::CallbackError::Internal("no such session".to_owned()))?;
             f(session, &caller).map_err(Into::into)
         })
     }

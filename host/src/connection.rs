@@ -303,6 +303,7 @@ where
             warn!(subprotocol = %chosen, "guest chose a subprotocol the client did not offer");
             metrics.refused(Refusal::GuestFailed);
             let _ = http::respond(&mut io, 500, &[], server, "internal server error").await;
+            instance.end(session).await;
             return None;
         }
         None => offered
@@ -314,6 +315,7 @@ where
         warn!(header = %bad.name, "guest returned a header the host does not allow");
         metrics.refused(Refusal::GuestFailed);
         let _ = http::respond(&mut io, 500, &[], server, "internal server error").await;
+        instance.end(session).await;
         return None;
     }
     let extensions = if listener.web_socket_compression_enabled {
@@ -350,6 +352,7 @@ where
     let counted = Counted::new(metrics.clone());
     if let Err(error) = io.write_all(head.as_bytes()).await {
         debug!(%error, "peer left during the handshake");
+        instance.end(session).await;
         return None;
     }
 
@@ -367,6 +370,7 @@ where
         Ok(ws) => ws,
         Err(error) => {
             warn!(%error, "cannot start the WebSocket engine");
+            instance.end(session).await;
             return None;
         }
     };
