@@ -50,6 +50,8 @@ pub(crate) struct EchoSpec {
 pub(crate) struct Cpu {
     /// Server CPU time over wall time, percent (100 = one core).
     pub(crate) server: f64,
+    /// The part of `server` spent in user space (the rest is the kernel's).
+    pub(crate) server_user: f64,
     /// The load generator's, likewise.
     pub(crate) client: f64,
     /// Every other process's (the machine is shared), likewise.
@@ -105,7 +107,7 @@ fn histogram() -> Histogram<u64> {
 async fn measure_window(phase: &AtomicU8, timing: Timing, server_pid: u32) -> (Duration, Cpu) {
     tokio::time::sleep(timing.warmup).await;
     let own = std::process::id();
-    let server_cpu = system::cpu_seconds(server_pid).unwrap_or(0.0);
+    let server_cpu = system::cpu_times(server_pid).unwrap_or_default();
     let client_cpu = system::cpu_seconds(own).unwrap_or(0.0);
     let machine_cpu = system::machine_busy_seconds().unwrap_or(0.0);
     let start = Instant::now();
@@ -114,10 +116,9 @@ async fn measure_window(phase: &AtomicU8, timing: Timing, server_pid: u32) -> (D
     phase.store(STOP, Ordering::Relaxed);
     let wall = start.elapsed();
     let percent = |before: f64, after: f64| 100.0 * (after - before) / wall.as_secs_f64();
-    let server = percent(
-        server_cpu,
-        system::cpu_seconds(server_pid).unwrap_or(server_cpu),
-    );
+    let server_after = system::cpu_times(server_pid).unwrap_or(server_cpu);
+    let server_user = percent(server_cpu.user, server_after.user);
+    let server = server_user + percent(server_cpu.system, server_after.system);
     let client = percent(client_cpu, system::cpu_seconds(own).unwrap_or(client_cpu));
     let machine = percent(
         machine_cpu,
@@ -125,6 +126,7 @@ async fn measure_window(phase: &AtomicU8, timing: Timing, server_pid: u32) -> (D
     );
     let cpu = Cpu {
         server,
+        server_user,
         client,
         other: (machine - server - client).max(0.0),
     };

@@ -452,15 +452,21 @@ async fn bench(args: RunArgs, client_workers: usize) -> anyhow::Result<()> {
 
 fn describe(outcome: &Outcome) -> String {
     match outcome {
-        Outcome::Rate(rate) => format!(
-            "{:.0}/s, p50 {:.0} µs, p99 {:.0} µs, CPU server {:.0}% generator {:.0}% others {:.0}%",
-            rate.per_second,
-            rate.p50_us,
-            rate.p99_us,
-            rate.cpu.server,
-            rate.cpu.client,
-            rate.cpu.other
-        ),
+        Outcome::Rate(rate) => {
+            let per_item = |percent: f64| percent / 100.0 / rate.per_second.max(1.0) * 1e6;
+            format!(
+                "{:.0}/s, p50 {:.0} µs, p99 {:.0} µs, CPU server {:.0}% generator {:.0}% \
+                 others {:.0}%, server CPU each {:.2} µs user {:.2} µs kernel",
+                rate.per_second,
+                rate.p50_us,
+                rate.p99_us,
+                rate.cpu.server,
+                rate.cpu.client,
+                rate.cpu.other,
+                per_item(rate.cpu.server_user),
+                per_item(rate.cpu.server - rate.cpu.server_user),
+            )
+        }
         Outcome::Idle(idle) => format!(
             "{} conns, {:.1} KiB/conn ({} → {} KiB)",
             idle.conns,

@@ -133,6 +133,9 @@ struct Cell {
     server_cpu: f64,
     client_cpu: f64,
     other_cpu: f64,
+    /// Server CPU time per message (or connection), µs: in user space, in the kernel.
+    user_us: f64,
+    kernel_us: f64,
     /// An idle round opened fewer connections than asked for (see the notes).
     short: bool,
 }
@@ -178,10 +181,21 @@ fn summarize(rounds: &[Outcome]) -> Summary {
         server_cpu: of(|rate| rate.cpu.server),
         client_cpu: of(|rate| rate.cpu.client),
         other_cpu: of(|rate| rate.cpu.other),
+        user_us: of(|rate| per_item_us(rate.cpu.server_user, rate.per_second)),
+        kernel_us: of(|rate| per_item_us(rate.cpu.server - rate.cpu.server_user, rate.per_second)),
         short: rounds
             .iter()
             .any(|outcome| matches!(outcome, Outcome::Idle(idle) if idle.stopped.is_some())),
     })
+}
+
+/// Microseconds of CPU per item from a CPU share (percent of one core) and a rate.
+fn per_item_us(percent: f64, per_second: f64) -> f64 {
+    if per_second > 0.0 {
+        percent / 100.0 / per_second * 1e6
+    } else {
+        f64::NAN
+    }
 }
 
 fn si(value: f64) -> String {
@@ -203,6 +217,17 @@ fn micros(us: f64) -> String {
         format!("{:.1} ms", us / 1000.0)
     } else {
         format!("{us:.0} µs")
+    }
+}
+
+/// [`micros`] with two significant digits below 10 µs (CPU time per message).
+fn fine_micros(us: f64) -> String {
+    if us < 10.0 {
+        format!("{us:.2} µs")
+    } else if us < 100.0 {
+        format!("{us:.1} µs")
+    } else {
+        micros(us)
     }
 }
 
@@ -329,6 +354,18 @@ impl Report {
                         format!(
                             "{:.0}% / {:.0}% / {:.0}%",
                             cell.server_cpu, cell.client_cpu, cell.other_cpu
+                        )
+                    });
+                    let per_item = if matches!(load.kind, LoadKind::Setup { .. }) {
+                        "server CPU per connection: user / kernel"
+                    } else {
+                        "server CPU per message: user / kernel"
+                    };
+                    line("", per_item, &|_, cell| {
+                        format!(
+                            "{} / {}",
+                            fine_micros(cell.user_us),
+                            fine_micros(cell.kernel_us)
                         )
                     });
                 }
@@ -527,7 +564,10 @@ impl Report {
              echo (pipelined: the message's own echo). CPU: process CPU time over the \
              measured window (100% = one core); \"others\" is the rest of the machine (other \
              users of the shared cores), which the bench keeps low by measuring again \
-             when it is not.\n\n{}\n",
+             when it is not. Server CPU per message (per connection for set-up): the \
+             server's CPU time over the messages echoed, split into user space and the \
+             kernel (from `/proc/PID/stat`); the throughput of these loads follows the sum \
+             of the server's and the generator's, as they share the cores.\n\n{}\n",
             self.absolute_table()
         );
         let _ = write!(out, "## Every round\n\n{}\n", self.rounds_table());
@@ -688,5 +728,15 @@ mod tests {
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(vec![4.0, 1.0]), 2.5);
         assert!(median(Vec::new()).is_nan());
+    }
+
+    #[test]
+    fn cpu_per_message() {
+        // One core busy over 250,000 messages a second: 4 µs each.
+        assert_eq!(per_item_us(100.0, 250_000.0), 4.0);
+        assert!(per_item_us(50.0, 0.0).is_nan());
+        assert_eq!(fine_micros(2.554), "2.55 µs");
+        assert_eq!(fine_micros(42.0), "42.0 µs");
+        assert_eq!(fine_micros(1500.0), "1.5 ms");
     }
 }

@@ -26,6 +26,19 @@ fn status_field(file: &str, name: &str) -> anyhow::Result<u64> {
 
 /// CPU time a process has used (user + system), seconds.
 pub(crate) fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let times = cpu_times(pid)?;
+    Ok(times.user + times.system)
+}
+
+/// CPU time a process has used, seconds: in user space and in the kernel.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct CpuTimes {
+    pub(crate) user: f64,
+    pub(crate) system: f64,
+}
+
+/// [`CpuTimes`] of process `pid`.
+pub(crate) fn cpu_times(pid: u32) -> anyhow::Result<CpuTimes> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name (which may hold spaces) start at field 3.
     let fields: Vec<&str> = stat
@@ -34,8 +47,13 @@ pub(crate) fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
         .1
         .split_whitespace()
         .collect();
-    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-    Ok(ticks as f64 / clock_ticks() as f64)
+    let seconds = |field: &str| -> anyhow::Result<f64> {
+        Ok(field.parse::<u64>()? as f64 / clock_ticks() as f64)
+    };
+    Ok(CpuTimes {
+        user: seconds(fields[11])?,
+        system: seconds(fields[12])?,
+    })
 }
 
 /// CPU time the whole machine spent outside idle (user, nice, system, steal; interrupt
