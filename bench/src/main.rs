@@ -453,7 +453,7 @@ async fn bench(args: RunArgs, client_workers: usize) -> anyhow::Result<()> {
 fn describe(outcome: &Outcome) -> String {
     match outcome {
         Outcome::Rate(rate) => {
-            let per_item = |percent: f64| percent / 100.0 / rate.per_second.max(1.0) * 1e6;
+            let per_item = |percent| report::per_item_us(percent, rate.per_second);
             format!(
                 "{:.0}/s, p50 {:.0} µs, p99 {:.0} µs, CPU server {:.0}% generator {:.0}% \
                  others {:.0}%, server CPU each {:.2} µs user {:.2} µs kernel",

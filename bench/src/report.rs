@@ -190,7 +190,7 @@ fn summarize(rounds: &[Outcome]) -> Summary {
 }
 
 /// Microseconds of CPU per item from a CPU share (percent of one core) and a rate.
-fn per_item_us(percent: f64, per_second: f64) -> f64 {
+pub(crate) fn per_item_us(percent: f64, per_second: f64) -> f64 {
     if per_second > 0.0 {
         percent / 100.0 / per_second * 1e6
     } else {

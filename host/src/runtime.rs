@@ -918,14 +918,14 @@ impl Instance {
             .as_ref()
             .ok_or_else(|| wasmtime::format_err!("session has no caller"))?;
         self.store.data_mut().current = Some(caller.rep());
-        let result = self.deliver(session.session, event);
+        let result = self.run_callback(session.session, event);
         // A shared instance's next call may be another connection's, or `upgrade`.
         self.store.data_mut().current = None;
         result
     }
 
-    /// [`dispatch`](Self::dispatch) with the caller set.
-    fn deliver(
+    /// [`dispatch`](Self::dispatch) once the caller is set.
+    fn run_callback(
         &mut self,
         session: u32,
         event: Event<'_>,
@@ -934,19 +934,18 @@ impl Instance {
         let handler = self.handler()?.clone();
         let no_reply = |result: Result<(), CallbackError>| result.map(|()| None);
         let result: Result<Option<Message>, CallbackError> = self.run(|store| {
-            let api = &handler;
             Ok::<_, wasmtime::Error>(match event {
-                Event::Open => no_reply(api.call_on_open(store, session)?),
-                Event::Text(data) => api.call_on_text_message(store, session, data)?,
-                Event::Binary(data) => api.call_on_binary_message(store, session, data)?,
-                Event::Ping(data) => no_reply(api.call_on_ping(store, session, data)?),
-                Event::Pong(data) => no_reply(api.call_on_pong(store, session, data)?),
-                Event::IdleTimeout => no_reply(api.call_on_idle_timeout(store, session)?),
+                Event::Open => no_reply(handler.call_on_open(store, session)?),
+                Event::Text(data) => handler.call_on_text_message(store, session, data)?,
+                Event::Binary(data) => handler.call_on_binary_message(store, session, data)?,
+                Event::Ping(data) => no_reply(handler.call_on_ping(store, session, data)?),
+                Event::Pong(data) => no_reply(handler.call_on_pong(store, session, data)?),
+                Event::IdleTimeout => no_reply(handler.call_on_idle_timeout(store, session)?),
                 Event::Close(code, reason) => {
-                    no_reply(api.call_on_close(store, session, code, reason)?)
+                    no_reply(handler.call_on_close(store, session, code, reason)?)
                 }
-                Event::Error(message) => no_reply(api.call_on_error(store, session, message)?),
-                Event::Timer(id) => no_reply(api.call_on_timer(store, session, id)?),
+                Event::Error(message) => no_reply(handler.call_on_error(store, session, message)?),
+                Event::Timer(id) => no_reply(handler.call_on_timer(store, session, id)?),
             })
         })?;
         let Ok(Some(reply)) = result else {
