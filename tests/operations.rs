@@ -248,3 +248,57 @@ async fn json_logs_carry_the_connection_span() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test]
+async fn a_perf_map_names_the_guest_functions() {
+    let host = Host::start_under(
+        "export WASMSOCKET_PROFILE=perfmap",
+        &format!(
+            "[listener]\nhost = \"127.0.0.1\"\nport = 0\n\n[[service]]\npath = \"/echo\"\n\
+             component = {:?}\n",
+            components::ECHO
+        ),
+    );
+    let (mut client, _) = connect_async(host.url("/echo")).await.unwrap();
+    client.send(Message::text("profiled")).await.unwrap();
+    let echo = tokio::time::timeout(STEP, client.next()).await.unwrap();
+    assert_eq!(echo.unwrap().unwrap(), Message::text("profiled"));
+
+    let map = std::path::PathBuf::from(format!("/tmp/perf-{}.map", host.pid()));
+    let symbols =
+        std::fs::read_to_string(&map).unwrap_or_else(|error| panic!("{}: {error}", map.display()));
+    let _ = std::fs::remove_file(&map);
+    // perf's format: start address, size, name (hex, hex, rest of the line).
+    let named = symbols
+        .lines()
+        .filter_map(|line| line.splitn(3, ' ').nth(2))
+        .find(|name| name.contains("on-text-message"));
+    assert!(named.is_some(), "no guest callback in {}", map.display());
+}
+
+#[test]
+fn an_unknown_profiler_is_refused() {
+    let dir = scratch_dir("profiler");
+    let config = dir.join("wasmsocket.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[listener]\nhost = \"127.0.0.1\"\nport = 0\n\n[[service]]\npath = \"/echo\"\n\
+             component = {:?}\n",
+            components::ECHO
+        ),
+    )
+    .unwrap();
+    let output = Command::new(host_binary())
+        .args(["check", "--config"])
+        .arg(&config)
+        .env("WASMSOCKET_PROFILE", "vtune")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("WASMSOCKET_PROFILE=vtune: the one profiler is `perfmap`"),
+        "{stderr}"
+    );
+}

@@ -33,7 +33,6 @@
 //! statics) belongs to that connection alone. A panic ends only that connection, with
 //! close code 1011.
 
-use std::cell::RefCell;
 use std::fmt;
 
 #[cfg(feature = "xml")]
@@ -687,28 +686,35 @@ pub mod __private {
     /// The component type exported for service `S`.
     pub struct Component<S>(std::marker::PhantomData<S>);
 
-    thread_local! {
-        /// The instance's sessions (one service value per connection), by the number
-        /// handed to the host at upgrade. An isolated instance has one; a shared one
-        /// as many as it serves connections.
-        static SESSIONS: RefCell<Sessions> = const { RefCell::new(Sessions::new()) };
+    /// A service type whose sessions the component keeps: `#[service]` implements it
+    /// with a `thread_local!` of the concrete type, so a callback finds its session
+    /// without a downcast.
+    pub trait Stored: Sized {
+        /// Runs `f` on the instance's sessions (one service value per connection), by
+        /// the number handed to the host at upgrade. An isolated instance has one; a
+        /// shared one as many as it serves connections.
+        fn with_sessions<R>(f: impl FnOnce(&mut Sessions<Self>) -> R) -> R;
     }
 
     /// A slab of sessions; a freed slot's number is given to the next one.
-    struct Sessions {
-        slots: Vec<Option<Box<dyn std::any::Any>>>,
+    pub struct Sessions<S> {
+        slots: Vec<Option<S>>,
         free: Vec<u32>,
     }
 
-    impl Sessions {
-        const fn new() -> Self {
+    impl<S> Sessions<S> {
+        #[expect(
+            clippy::new_without_default,
+            reason = "a `const` initialiser for `thread_local!`"
+        )]
+        pub const fn new() -> Self {
             Self {
                 slots: Vec::new(),
                 free: Vec::new(),
             }
         }
 
-        fn insert(&mut self, session: Box<dyn std::any::Any>) -> u32 {
+        fn insert(&mut self, session: S) -> u32 {
             match self.free.pop() {
                 Some(number) => {
                     self.slots[number as usize] = Some(session);
@@ -721,14 +727,14 @@ pub mod __private {
             }
         }
 
-        fn remove(&mut self, number: u32) -> Option<Box<dyn std::any::Any>> {
+        fn remove(&mut self, number: u32) -> Option<S> {
             let session = self.slots.get_mut(number as usize)?.take()?;
             self.free.push(number);
             Some(session)
         }
     }
 
-    impl<S: Service> exports::Guest for Component<S> {
+    impl<S: Service + Stored> exports::Guest for Component<S> {
         fn implemented_callbacks() -> Callbacks {
             S::__implemented_callbacks()
         }
@@ -738,8 +744,7 @@ pub mod __private {
         ) -> std::result::Result<exports::Acceptance, types::UpgradeRejection> {
             match S::upgrade(&request.into()) {
                 Ok(accept) => Ok(exports::Acceptance {
-                    session: SESSIONS
-                        .with_borrow_mut(|sessions| sessions.insert(Box::new(accept.session))),
+                    session: S::with_sessions(|sessions| sessions.insert(accept.session)),
                     headers: accept
                         .headers
                         .into_iter()
@@ -794,7 +799,7 @@ pub mod __private {
 
         fn end(session: u32) {
             // Dropped outside the borrow: a service's `Drop` is user code.
-            let ended = SESSIONS.with_borrow_mut(|sessions| sessions.remove(session));
+            let ended = S::with_sessions(|sessions| sessions.remove(session));
             drop(ended);
         }
     }
@@ -802,7 +807,7 @@ pub mod __private {
     type Outcome<T = ()> = std::result::Result<T, types::CallbackError>;
 
     /// Runs `f` on session `number` with the running callback's caller.
-    fn with<S: Service, T>(
+    fn with<S: Service + Stored, T>(
         number: u32,
         f: impl FnOnce(&mut S, &Caller) -> Result<T>,
     ) -> Outcome<T> {
@@ -811,12 +816,11 @@ pub mod __private {
         };
         // The host never calls into the component while one of its callbacks runs, so
         // nothing else borrows the sessions meanwhile.
-        SESSIONS.with_borrow_mut(|sessions| {
+        S::with_sessions(|sessions| {
             let session = sessions
                 .slots
                 .get_mut(number as usize)
-                .and_then(|slot| slot.as_mut())
-                .and_then(|session| session.downcast_mut::<S>())
+                .and_then(Option::as_mut)
                 .ok_or_else(|| types::CallbackError::Internal("no such session".to_owned()))?;
             f(session, &caller).map_err(Into::into)
         })

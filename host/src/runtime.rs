@@ -87,6 +87,7 @@ impl Runtime {
         // Memories of ended connections serve new ones: no map, unmap (and cross-core
         // TLB flush) and page faults per connection.
         config.with_host_memory(Arc::new(Memories(MemoryPool::new(KEPT_MEMORIES))));
+        config.profiler(profiler()?);
         let engine = Engine::new(&config).map_err(Error::Engine)?;
         let mut linker = Linker::new(&engine);
         crate::wasi::add_to_linker(&mut linker).map_err(Error::Engine)?;
@@ -304,6 +305,23 @@ impl ServiceComponent {
         let bindings = instance.run(|store| self.pre.instantiate(store))?;
         instance.bindings = Some(bindings);
         Ok(instance)
+    }
+}
+
+/// The profiler `WASMSOCKET_PROFILE` asks for: `perfmap` writes `/tmp/perf-PID.map`,
+/// with which `perf report` names the guests' functions instead of `[JIT]` addresses.
+fn profiler() -> Result<wasmtime::ProfilingStrategy> {
+    match std::env::var("WASMSOCKET_PROFILE").as_deref() {
+        Err(std::env::VarError::NotPresent) | Ok("" | "none") => {
+            Ok(wasmtime::ProfilingStrategy::None)
+        }
+        Ok("perfmap") => Ok(wasmtime::ProfilingStrategy::PerfMap),
+        Ok(other) => Err(Error::Engine(wasmtime::format_err!(
+            "WASMSOCKET_PROFILE={other}: the one profiler is `perfmap`"
+        ))),
+        Err(error) => Err(Error::Engine(wasmtime::format_err!(
+            "WASMSOCKET_PROFILE: {error}"
+        ))),
     }
 }
 

@@ -88,6 +88,21 @@ pub fn service(attr: TokenStream, item: TokenStream) -> TokenStream {
     quote! {
         #block
 
+        impl ::wasmsocket_guest::__private::Stored for #self_ty {
+            fn with_sessions<R>(
+                f: impl FnOnce(&mut ::wasmsocket_guest::__private::Sessions<Self>) -> R,
+            ) -> R {
+                ::std::thread_local! {
+                    static SESSIONS: ::std::cell::RefCell<
+                        ::wasmsocket_guest::__private::Sessions<#self_ty>,
+                    > = const {
+                        ::std::cell::RefCell::new(::wasmsocket_guest::__private::Sessions::new())
+                    };
+                }
+                SESSIONS.with_borrow_mut(f)
+            }
+        }
+
         #[allow(unsafe_code, reason = "wit-bindgen's export glue")]
         const _: () = {
             type __WasmsocketComponent = ::wasmsocket_guest::__private::Component<#self_ty>;
