@@ -3,7 +3,7 @@
 //! own.
 //!
 //! All three share everything but the framing engine: the tokio runtime (multi-thread,
-//! the same worker count as the host), `TCP_NODELAY`, and one minimal HTTP upgrade
+//! the same worker count and event interval as the host), `TCP_NODELAY`, and one minimal HTTP upgrade
 //! (like the host's own, not the engines' optional hyper-based ones). Each echo loop is
 //! the engine's documented idiom: read a message, write it back.
 
@@ -21,11 +21,16 @@ use crate::targets::Engine;
 /// Largest message the servers take (the compression load sends 1 MiB).
 pub(crate) const MAX_MESSAGE: usize = 4 << 20;
 
+/// The host's tokio event interval (`EVENT_INTERVAL` in host/src/main.rs): the servers
+/// compared run with the same tokio settings.
+pub(crate) const EVENT_INTERVAL: u32 = 128;
+
 /// Serves `/` (any path) on 127.0.0.1:`port` with `engine` until killed; prints
 /// `listening on ADDR` once bound.
 pub(crate) fn run(engine: Engine, port: u16, workers: usize) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
+        .event_interval(EVENT_INTERVAL)
         .enable_all()
         .build()?;
     runtime.block_on(async move {
