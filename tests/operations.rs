@@ -249,22 +249,34 @@ async fn json_logs_carry_the_connection_span() {
     let _ = child.wait();
 }
 
-#[tokio::test]
-async fn a_perf_map_names_the_guest_functions() {
-    let host = Host::start_under(
-        "export WASMSOCKET_PROFILE=perfmap",
-        &format!(
-            "[listener]\nhost = \"127.0.0.1\"\nport = 0\n\n[[service]]\npath = \"/echo\"\n\
-             component = {:?}\n",
-            components::ECHO
-        ),
-    );
+/// An echo service's config for a host on port 0.
+fn echo_config() -> String {
+    format!(
+        "[listener]\nhost = \"127.0.0.1\"\nport = 0\n\n[[service]]\npath = \"/echo\"\n\
+         component = {:?}\n",
+        components::ECHO
+    )
+}
+
+/// Echoes one message through `host`.
+async fn echo_once(host: &Host) {
     let (mut client, _) = connect_async(host.url("/echo")).await.unwrap();
     client.send(Message::text("profiled")).await.unwrap();
     let echo = tokio::time::timeout(STEP, client.next()).await.unwrap();
     assert_eq!(echo.unwrap().unwrap(), Message::text("profiled"));
+}
 
-    let map = std::path::PathBuf::from(format!("/tmp/perf-{}.map", host.pid()));
+#[tokio::test]
+async fn a_perf_map_is_written_when_asked_for() {
+    let map_of = |host: &Host| std::path::PathBuf::from(format!("/tmp/perf-{}.map", host.pid()));
+
+    let plain = Host::start(&echo_config());
+    echo_once(&plain).await;
+    assert!(!map_of(&plain).exists(), "a perf map nobody asked for");
+
+    let host = Host::start_under("export WASMSOCKET_PROFILE=perfmap", &echo_config());
+    echo_once(&host).await;
+    let map = map_of(&host);
     let symbols =
         std::fs::read_to_string(&map).unwrap_or_else(|error| panic!("{}: {error}", map.display()));
     let _ = std::fs::remove_file(&map);
@@ -280,15 +292,7 @@ async fn a_perf_map_names_the_guest_functions() {
 fn an_unknown_profiler_is_refused() {
     let dir = scratch_dir("profiler");
     let config = dir.join("wasmsocket.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[listener]\nhost = \"127.0.0.1\"\nport = 0\n\n[[service]]\npath = \"/echo\"\n\
-             component = {:?}\n",
-            components::ECHO
-        ),
-    )
-    .unwrap();
+    std::fs::write(&config, echo_config()).unwrap();
     let output = Command::new(host_binary())
         .args(["check", "--config"])
         .arg(&config)
@@ -298,7 +302,7 @@ fn an_unknown_profiler_is_refused() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("WASMSOCKET_PROFILE=vtune: the one profiler is `perfmap`"),
+        stderr.contains("error: WASMSOCKET_PROFILE: unknown profiler `vtune`"),
         "{stderr}"
     );
 }

@@ -516,7 +516,8 @@ impl Report {
              (1-minute load average at the start: {load})\n\
              - **Method:** every target is a separate process on 127.0.0.1, started \
              afresh for each load and round; servers run a tokio multi-thread runtime \
-             with {workers} workers and an event interval of {event_interval} (the host's), the load \
+             with {workers} workers and an event interval of {event_interval} (the value the \
+             `wasmsocket` binary sets), the load \
              generator one with {client_workers} (tokio's defaults otherwise), all \
              sharing the machine's {cores} cores{nice}. Rates are measured for {duration} s \
              after a {warmup} s warm-up; each number is the median of {rounds} round(s). \

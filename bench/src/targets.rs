@@ -150,7 +150,7 @@ impl Launcher {
                     .arg("serve")
                     .arg("--config")
                     .arg(&config)
-                    // The host's runtime is tokio's default builder, which reads this.
+                    // The host leaves its worker count to tokio, which reads this.
                     .env("TOKIO_WORKER_THREADS", self.workers.to_string())
                     .env(
                         "RUST_LOG",

@@ -37,6 +37,35 @@ pub struct Config {
     /// default) or in Redis, shared by several hosts.
     #[serde(default)]
     pub topics: TopicsConfig,
+    /// A profiler for the guests' compiled code. Not a key of the file: the
+    /// `wasmsocket` binary sets it from `WASMSOCKET_PROFILE`.
+    #[serde(skip)]
+    pub profiler: Profiler,
+}
+
+/// What the host tells a profiler about the guests' compiled code.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Profiler {
+    /// Nothing (the default).
+    #[default]
+    None,
+    /// `/tmp/perf-PID.map`, from which `perf report` names the guests' functions
+    /// instead of showing `[JIT]` addresses. Appended to, never truncated or removed.
+    PerfMap,
+}
+
+impl std::str::FromStr for Profiler {
+    type Err = String;
+
+    /// `"none"` (or empty) and `"perfmap"`, as `WASMSOCKET_PROFILE` takes them.
+    fn from_str(name: &str) -> std::result::Result<Self, String> {
+        match name {
+            "" | "none" => Ok(Profiler::None),
+            "perfmap" => Ok(Profiler::PerfMap),
+            other => Err(format!("unknown profiler `{other}` (`perfmap` or `none`)")),
+        }
+    }
 }
 
 /// `[topics]`: the backend behind `subscribe`, `unsubscribe` and `publish`.

@@ -33,7 +33,7 @@ mod wasi;
 pub use config::{
     AdminConfig, AuthEntry, CertKey, Config, DirGrant, Grants, Http1Settings, InstanceMode,
     JwksConfig, JwtSignature, JwtValidatorConfig, KeepAlive, LdapUserStoreConfig, ListenerConfig,
-    ListenerSecureSocket, LogConfig, LogFormat, MutualSsl, OAuth2IntrospectionConfig,
+    ListenerSecureSocket, LogConfig, LogFormat, MutualSsl, OAuth2IntrospectionConfig, Profiler,
     RequestLimits, SandboxLimits, ServiceConfig, StaticFiles, TlsProtocol, TopicsBackend,
     TopicsConfig, VerifyClient,
 };

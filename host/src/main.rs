@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tracing_appender::non_blocking::WorkerGuard;
-use wasmsocket_host::{Config, LogFormat, Server};
+use wasmsocket_host::{Config, LogFormat, Profiler, Server};
 
 /// mimalloc rather than glibc's malloc. A connection's task moves between worker
 /// threads, so what one thread allocated another often frees; glibc then takes the
@@ -40,16 +40,28 @@ enum Command {
 }
 
 /// How many task polls a worker makes between looks for new socket events (tokio's
-/// default is 61). A connection's turn here runs a guest callback, longer than a plain
-/// echo's; with looks half as frequent, a worker grabs fewer newly ready connections
-/// into its own queue, where they wait out any time the kernel takes the worker off its
-/// core. Side by side (100 connections, two shared cores) the p99 round trip fell from
-/// 2.9-4.8 ms to 1.2-2.5 ms with throughput unchanged (docs/decisions.md, 24). The
-/// bench runs its native servers with the same value (bench/src/serve.rs).
+/// default is 61). Side by side (100 connections, two cores shared with the load
+/// generator) the p99 round trip fell from 2.9-4.8 ms to 1.2-2.5 ms at 128, with
+/// throughput unchanged; the native servers' tails shortened too. Why is a hypothesis,
+/// not measured: see docs/decisions.md, 24. The bench runs its native servers with the
+/// same value (bench/src/serve.rs).
 const EVENT_INTERVAL: u32 = 128;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // `WASMSOCKET_PROFILE=perfmap`: see the README's Benchmark section.
+    let profiler = match std::env::var("WASMSOCKET_PROFILE") {
+        Err(std::env::VarError::NotPresent) => Ok(Profiler::None),
+        Err(error) => Err(error.to_string()),
+        Ok(name) => name.parse(),
+    };
+    let profiler = match profiler {
+        Ok(profiler) => profiler,
+        Err(message) => {
+            eprintln!("error: WASMSOCKET_PROFILE: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .event_interval(EVENT_INTERVAL)
@@ -63,7 +75,7 @@ fn main() -> ExitCode {
     };
     // The log writer's guard: dropped before exit, it writes out the lines still queued.
     let mut logs = None;
-    let result = runtime.block_on(run(cli.command, &mut logs));
+    let result = runtime.block_on(run(cli.command, profiler, &mut logs));
     drop(logs);
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -98,11 +110,16 @@ fn init_logging(format: LogFormat, guard: &mut Option<WorkerGuard>) {
     }
 }
 
-async fn run(command: Command, logs: &mut Option<WorkerGuard>) -> wasmsocket_host::Result<()> {
+async fn run(
+    command: Command,
+    profiler: Profiler,
+    logs: &mut Option<WorkerGuard>,
+) -> wasmsocket_host::Result<()> {
     match command {
         Command::Serve { config } => {
-            let config =
+            let mut config =
                 Config::load(&config).inspect_err(|_| init_logging(LogFormat::Text, logs))?;
+            config.profiler = profiler;
             init_logging(config.log.format, logs);
             raise_open_file_limit();
             let server = Server::bind(config).await?;
@@ -147,10 +164,10 @@ async fn run(command: Command, logs: &mut Option<WorkerGuard>) -> wasmsocket_hos
             init_logging(LogFormat::Text, logs);
             // As `serve` would, so the warnings about limits are the same.
             raise_open_file_limit();
-            let config = Config::load(&config)?;
+            let mut config = Config::load(&config)?;
             let services = config.services.len();
+            config.profiler = profiler;
             // Binding port 0 loads and links every component without taking the port.
-            let mut config = config;
             config.listener.port = 0;
             config.admin = None;
             Server::bind(config).await?;

@@ -18,7 +18,7 @@ use wasmtime::component::{Component, Linker, Resource, ResourceTable};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::config::{Grants, SandboxLimits};
+use crate::config::{Grants, Profiler, SandboxLimits};
 use crate::mappings::{Memories, MemoryPool};
 use crate::topics::{self, InboxSender, Published, Topics};
 use crate::{Error, Result};
@@ -70,7 +70,7 @@ pub(crate) struct Runtime {
 
 impl Runtime {
     /// The engine and linker; guests' topics are `topics`.
-    pub(crate) fn new(topics: Arc<Topics>) -> Result<Self> {
+    pub(crate) fn new(topics: Arc<Topics>, profiler: Profiler) -> Result<Self> {
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
         // Every isolated connection maps a linear memory, and Linux caps a process's
@@ -87,7 +87,10 @@ impl Runtime {
         // Memories of ended connections serve new ones: no map, unmap (and cross-core
         // TLB flush) and page faults per connection.
         config.with_host_memory(Arc::new(Memories(MemoryPool::new(KEPT_MEMORIES))));
-        config.profiler(profiler()?);
+        config.profiler(match profiler {
+            Profiler::None => wasmtime::ProfilingStrategy::None,
+            Profiler::PerfMap => wasmtime::ProfilingStrategy::PerfMap,
+        });
         let engine = Engine::new(&config).map_err(Error::Engine)?;
         let mut linker = Linker::new(&engine);
         crate::wasi::add_to_linker(&mut linker).map_err(Error::Engine)?;
@@ -305,23 +308,6 @@ impl ServiceComponent {
         let bindings = instance.run(|store| self.pre.instantiate(store))?;
         instance.bindings = Some(bindings);
         Ok(instance)
-    }
-}
-
-/// The profiler `WASMSOCKET_PROFILE` asks for: `perfmap` writes `/tmp/perf-PID.map`,
-/// with which `perf report` names the guests' functions instead of `[JIT]` addresses.
-fn profiler() -> Result<wasmtime::ProfilingStrategy> {
-    match std::env::var("WASMSOCKET_PROFILE").as_deref() {
-        Err(std::env::VarError::NotPresent) | Ok("" | "none") => {
-            Ok(wasmtime::ProfilingStrategy::None)
-        }
-        Ok("perfmap") => Ok(wasmtime::ProfilingStrategy::PerfMap),
-        Ok(other) => Err(Error::Engine(wasmtime::format_err!(
-            "WASMSOCKET_PROFILE={other}: the one profiler is `perfmap`"
-        ))),
-        Err(error) => Err(Error::Engine(wasmtime::format_err!(
-            "WASMSOCKET_PROFILE: {error}"
-        ))),
     }
 }
 

@@ -252,7 +252,7 @@ impl Server {
             metrics.enable_relay();
         }
         let topics = Arc::new(topics);
-        let runtime = Runtime::new(topics.clone())?;
+        let runtime = Runtime::new(topics.clone(), config.profiler)?;
         let mut services = HashMap::with_capacity(config.services.len());
         for (index, service) in config.services.into_iter().enumerate() {
             let field = format!("service[{index}]");

@@ -21,7 +21,8 @@ const CALLBACKS: &[(&str, &str)] = &[
 ///
 /// Write it on the `impl wasmsocket_guest::Service for YourType` block. It records which
 /// callbacks the block implements (so the host skips the others, and answers pings
-/// itself when `on_ping` is absent) and exports the component's entry points.
+/// itself when `on_ping` is absent), declares where the component keeps the sessions
+/// of `YourType` (one per connection), and exports the component's entry points.
 /// Use it once per component.
 #[proc_macro_attribute]
 pub fn service(attr: TokenStream, item: TokenStream) -> TokenStream {
