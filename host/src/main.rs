@@ -42,9 +42,9 @@ enum Command {
 /// How many task polls a worker makes between looks for new socket events (tokio's
 /// default is 61). Side by side (100 connections, two cores shared with the load
 /// generator) the p99 round trip fell from 2.9-4.8 ms to 1.2-2.5 ms at 128, with
-/// throughput unchanged; the native servers' tails shortened too. Why is a hypothesis,
-/// not measured: see docs/decisions.md, 24. The bench runs its native servers with the
-/// same value (bench/src/serve.rs).
+/// throughput unchanged; the native servers' tails shortened too. Why, as far as
+/// measured (workers steal sooner, in smaller pieces): docs/decisions.md, 24. The bench
+/// runs its native servers with the same value (bench/src/serve.rs).
 const EVENT_INTERVAL: u32 = 128;
 
 fn main() -> ExitCode {
