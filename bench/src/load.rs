@@ -58,6 +58,13 @@ pub(crate) struct Cpu {
     pub(crate) other: f64,
 }
 
+impl Cpu {
+    /// The part of `server` spent in the kernel.
+    pub(crate) fn server_kernel(&self) -> f64 {
+        self.server - self.server_user
+    }
+}
+
 /// Throughput and latency of a measured window.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Rate {

@@ -464,7 +464,7 @@ fn describe(outcome: &Outcome) -> String {
                 rate.cpu.client,
                 rate.cpu.other,
                 per_item(rate.cpu.server_user),
-                per_item(rate.cpu.server - rate.cpu.server_user),
+                per_item(rate.cpu.server_kernel()),
             )
         }
         Outcome::Idle(idle) => format!(

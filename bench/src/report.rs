@@ -182,7 +182,7 @@ fn summarize(rounds: &[Outcome]) -> Summary {
         client_cpu: of(|rate| rate.cpu.client),
         other_cpu: of(|rate| rate.cpu.other),
         user_us: of(|rate| per_item_us(rate.cpu.server_user, rate.per_second)),
-        kernel_us: of(|rate| per_item_us(rate.cpu.server - rate.cpu.server_user, rate.per_second)),
+        kernel_us: of(|rate| per_item_us(rate.cpu.server_kernel(), rate.per_second)),
         short: rounds
             .iter()
             .any(|outcome| matches!(outcome, Outcome::Idle(idle) if idle.stopped.is_some())),

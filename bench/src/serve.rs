@@ -3,9 +3,10 @@
 //! own.
 //!
 //! All three share everything but the framing engine: the tokio runtime (multi-thread,
-//! the same worker count and event interval as the host), `TCP_NODELAY`, and one minimal HTTP upgrade
-//! (like the host's own, not the engines' optional hyper-based ones). Each echo loop is
-//! the engine's documented idiom: read a message, write it back.
+//! the same worker count and event interval as the host), `TCP_NODELAY`, and one
+//! minimal HTTP upgrade (like the host's own, not the engines' optional hyper-based
+//! ones). Each echo loop is the engine's documented idiom: read a message, write it
+//! back.
 
 use std::sync::OnceLock;
 use std::time::Duration;
