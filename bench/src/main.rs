@@ -94,7 +94,7 @@ struct RunArgs {
     /// --scale).
     #[arg(long, value_delimiter = ',')]
     loads: Vec<String>,
-    /// Only these targets (host, fastwebsockets, yawc, tungstenite).
+    /// Only these targets (host, shared, fastwebsockets, yawc, tungstenite, floor).
     #[arg(long, value_delimiter = ',')]
     targets: Vec<String>,
     /// Also hold --scale-conns connections to each target (slow).
@@ -252,7 +252,8 @@ fn loads(args: &RunArgs) -> anyhow::Result<Vec<LoadDef>> {
 fn targets(args: &RunArgs) -> anyhow::Result<Vec<Target>> {
     for key in &args.targets {
         if !TARGETS.iter().any(|target| target.key() == key) {
-            bail!("unknown target {key:?} (host, fastwebsockets, yawc, tungstenite)");
+            let keys: Vec<&str> = TARGETS.iter().map(|target| target.key()).collect();
+            bail!("unknown target {key:?} ({})", keys.join(", "));
         }
     }
     Ok(TARGETS

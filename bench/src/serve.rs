@@ -6,7 +6,7 @@
 //! the same worker count and event interval as the host), `TCP_NODELAY`, and one
 //! minimal HTTP upgrade (like the host's own, not the engines' optional hyper-based
 //! ones). Each echo loop is the engine's documented idiom: read a message, write it
-//! back.
+//! back. The floor is yawc's loop with a bare WebAssembly call on the way ([`WasmHop`]).
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -63,8 +63,9 @@ async fn serve(engine: Engine, mut stream: TcpStream) -> anyhow::Result<()> {
     let extensions = handshake(&mut stream, engine.supports_deflate()).await?;
     match engine {
         Engine::Fastwebsockets => fastwebsockets_echo(stream).await,
-        Engine::Yawc => yawc_echo(stream, extensions).await,
+        Engine::Yawc => yawc_echo(stream, extensions, None).await,
         Engine::Tungstenite => tungstenite_echo(stream).await,
+        Engine::Floor => yawc_echo(stream, extensions, Some(WasmHop::new()?)).await,
     }
 }
 
@@ -139,13 +140,24 @@ async fn fastwebsockets_echo(stream: TcpStream) -> anyhow::Result<()> {
     }
 }
 
-async fn yawc_echo(stream: TcpStream, extensions: Option<&str>) -> anyhow::Result<()> {
+/// yawc's echo; with `hop`, every message goes through it on the way back.
+async fn yawc_echo(
+    stream: TcpStream,
+    extensions: Option<&str>,
+    mut hop: Option<WasmHop>,
+) -> anyhow::Result<()> {
     use yawc::{Frame, OpCode, Options, Role, WebSocket};
-    // The host's engine settings (host/src/engine.rs), minus the WebAssembly.
+    // The host's engine settings (host/src/engine.rs), but for its buffers: the yawc
+    // target reads with yawc's default 8 KiB buffer, the floor as the host does.
     let mut options = Options::default()
         .with_utf8()
         .with_no_delay()
         .with_limits(MAX_MESSAGE + 1, MAX_MESSAGE + 1);
+    if hop.is_some() {
+        options = options
+            .with_read_buffer_capacity(HOST_READ_BUFFER)
+            .with_idle_buffers_released();
+    }
     if extensions.is_some() {
         static POOL: OnceLock<yawc::DeflatePool> = OnceLock::new();
         options = options
@@ -155,19 +167,127 @@ async fn yawc_echo(stream: TcpStream, extensions: Option<&str>) -> anyhow::Resul
     let mut ws = WebSocket::from_stream_with_extensions(stream, Role::Server, extensions, options)?;
     loop {
         let frame = ws.next_frame().await?;
-        let reply = match frame.opcode() {
+        let text = match frame.opcode() {
             OpCode::Close => {
                 // Sends the close reply the engine queued.
                 ws.flush().await?;
                 return Ok(());
             }
-            OpCode::Text => Frame::text(frame.into_payload()),
-            OpCode::Binary => Frame::binary(frame.into_payload()),
+            OpCode::Text => true,
+            OpCode::Binary => false,
             _ => continue,
+        };
+        let payload = match &mut hop {
+            Some(hop) => hop.call(frame.payload(), text)?,
+            None => frame.into_payload(),
+        };
+        let reply = if text {
+            Frame::text(payload)
+        } else {
+            Frame::binary(payload)
         };
         ws.send(reply).await?;
     }
 }
+
+/// The least a host that hands each message to a WebAssembly handler does with it:
+/// per connection a wasmtime store with an instance of its own (the host's isolated
+/// mode, with the host's engine settings), per message the payload copied into the
+/// instance's memory, one call, and the reply copied out (checked as UTF-8 when it
+/// is text, as a string lifted from a component is). No component model, no
+/// allocator call in the guest, no bookkeeping.
+struct WasmHop {
+    store: wasmtime::Store<()>,
+    echo: wasmtime::TypedFunc<u32, u32>,
+    memory: wasmtime::Memory,
+    /// The replies' buffer, taken back once the last reply is written.
+    replies: bytes::BytesMut,
+}
+
+/// A core module exporting its memory (one page, growable) and
+/// `echo(len: i32) -> i32`, which returns `len`: the reply is the message in place.
+const FLOOR_MODULE: &[u8] = &[
+    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version 1
+    0x01, 0x06, 0x01, 0x60, 0x01, 0x7f, 0x01, 0x7f, // types: (i32) -> i32
+    0x03, 0x02, 0x01, 0x00, // functions: one of type 0
+    0x05, 0x03, 0x01, 0x00, 0x01, // memories: one, at least one page
+    0x07, 0x11, 0x02, // exports: two
+    0x04, b'e', b'c', b'h', b'o', 0x00, 0x00, // "echo": function 0
+    0x06, b'm', b'e', b'm', b'o', b'r', b'y', 0x02, 0x00, // "memory": memory 0
+    0x0a, 0x06, 0x01, 0x04, 0x00, 0x20, 0x00, 0x0b, // code: local.get 0
+];
+
+impl WasmHop {
+    fn new() -> anyhow::Result<Self> {
+        static PRE: OnceLock<(wasmtime::Engine, wasmtime::InstancePre<()>)> = OnceLock::new();
+        let (engine, pre) = match PRE.get() {
+            Some(pre) => pre,
+            None => {
+                // As in host/src/runtime.rs: deadlines armed per call, no guard region
+                // before linear memory, no copy-on-write image, synchronous calls.
+                let mut config = wasmtime::Config::new();
+                config
+                    .epoch_interruption(true)
+                    .guard_before_linear_memory(false)
+                    .memory_init_cow(false)
+                    .concurrency_support(false);
+                let engine = wasmtime::Engine::new(&config)?;
+                let module = wasmtime::Module::new(&engine, FLOOR_MODULE)?;
+                let pre = wasmtime::Linker::new(&engine).instantiate_pre(&module)?;
+                PRE.get_or_init(|| (engine, pre))
+            }
+        };
+        let mut store = wasmtime::Store::new(engine, ());
+        store.set_epoch_deadline(HOP_DEADLINE);
+        let instance = pre.instantiate(&mut store)?;
+        let echo = instance.get_typed_func(&mut store, "echo")?;
+        let memory = instance
+            .get_memory(&mut store, "memory")
+            .context("the floor module exports its memory")?;
+        Ok(Self {
+            store,
+            echo,
+            memory,
+            replies: bytes::BytesMut::new(),
+        })
+    }
+
+    /// Passes `payload` through the instance.
+    fn call(&mut self, payload: &[u8], text: bool) -> anyhow::Result<bytes::Bytes> {
+        let len = payload.len();
+        if len > self.memory.data_size(&self.store) {
+            let pages = (len - self.memory.data_size(&self.store)).div_ceil(PAGE) as u64;
+            self.memory.grow(&mut self.store, pages)?;
+        }
+        self.memory.data_mut(&mut self.store)[..len].copy_from_slice(payload);
+        self.store.set_epoch_deadline(HOP_DEADLINE);
+        let returned = self.echo.call(&mut self.store, len as u32)? as usize;
+        let reply = self
+            .memory
+            .data(&self.store)
+            .get(..returned)
+            .context("the floor module returned a length past its memory")?;
+        if text {
+            std::str::from_utf8(reply)?;
+        }
+        // Reuses the allocation of the last reply, which yawc has written and dropped:
+        // no allocator in the way.
+        self.replies.clear();
+        self.replies.reserve(returned);
+        self.replies.extend_from_slice(reply);
+        Ok(self.replies.split().freeze())
+    }
+}
+
+/// The host's socket read buffer (`READ_BUFFER` in host/src/engine.rs).
+const HOST_READ_BUFFER: usize = 64 << 10;
+
+/// WebAssembly's page size.
+const PAGE: usize = 64 << 10;
+
+/// Epoch ticks a call may take: nothing advances the epoch here, so this only arms the
+/// check, as the host arms it before every call.
+const HOP_DEADLINE: u64 = 1;
 
 async fn tungstenite_echo(stream: TcpStream) -> anyhow::Result<()> {
     use tokio_tungstenite::WebSocketStream;
@@ -183,4 +303,23 @@ async fn tungstenite_echo(stream: TcpStream) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_floor_passes_messages_through_its_instance() -> anyhow::Result<()> {
+        let mut hop = WasmHop::new()?;
+        assert_eq!(hop.call(b"hello", true)?, "hello");
+        // Past the instance's one page: its memory grows, and a shorter message after
+        // a longer one comes back at its own length.
+        let large: Vec<u8> = (0..3 * PAGE + 7).map(|i| i as u8).collect();
+        assert_eq!(hop.call(&large, false)?, large);
+        assert_eq!(hop.call(b"\xff\x00", false)?, &b"\xff\x00"[..]);
+        // Text that is not UTF-8 is refused, as a lifted string would be.
+        assert!(hop.call(b"\xff", true).is_err());
+        Ok(())
+    }
 }

@@ -19,12 +19,15 @@ pub(crate) enum Engine {
     Yawc,
     /// tokio-tungstenite (no permessage-deflate).
     Tungstenite,
+    /// yawc's echo with a bare WebAssembly call on every message: the least any host
+    /// that runs its handlers in wasmtime pays on this machine (not a reference).
+    Floor,
 }
 
 impl Engine {
     /// Whether the engine implements permessage-deflate (RFC 7692).
     pub(crate) fn supports_deflate(self) -> bool {
-        matches!(self, Self::Yawc)
+        matches!(self, Self::Yawc | Self::Floor)
     }
 
     fn arg(self) -> &'static str {
@@ -32,6 +35,7 @@ impl Engine {
             Self::Fastwebsockets => "fastwebsockets",
             Self::Yawc => "yawc",
             Self::Tungstenite => "tungstenite",
+            Self::Floor => "floor",
         }
     }
 }
@@ -64,6 +68,7 @@ pub(crate) const TARGETS: &[Target] = &[
     Target::Native(Engine::Fastwebsockets),
     Target::Native(Engine::Yawc),
     Target::Native(Engine::Tungstenite),
+    Target::Native(Engine::Floor),
 ];
 
 impl Target {
@@ -74,6 +79,7 @@ impl Target {
             Self::Native(Engine::Fastwebsockets) => "fastwebsockets 0.10",
             Self::Native(Engine::Yawc) => "yawc 0.5",
             Self::Native(Engine::Tungstenite) => "tokio-tungstenite 0.30",
+            Self::Native(Engine::Floor) => "wasmtime floor",
         }
     }
 
@@ -90,7 +96,7 @@ impl Target {
 
     /// Whether this is a native engine (the reference the ratios are taken against).
     pub(crate) fn is_native(self) -> bool {
-        matches!(self, Self::Native(_))
+        matches!(self, Self::Native(engine) if engine != Engine::Floor)
     }
 
     /// Whether the target implements permessage-deflate.
@@ -251,4 +257,19 @@ fn host_config(component: &Path, mode: Option<&str>) -> anyhow::Result<String> {
         component = component.display().to_string(),
         max = crate::serve::MAX_MESSAGE,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_floor_is_not_a_reference() {
+        let references: Vec<&str> = TARGETS
+            .iter()
+            .filter(|target| target.is_native())
+            .map(|target| target.key())
+            .collect();
+        assert_eq!(references, ["fastwebsockets", "yawc", "tungstenite"]);
+    }
 }
