@@ -723,8 +723,8 @@ minimal HTTP upgrade and differ only in the framing engine; yawc runs with the h
 engine settings but for its read buffer (yawc's default 8 KiB; the host's is 64 KiB).\n\n\
 **wasmtime floor** is not a reference but a bound: yawc with the host's engine settings \
 and its read buffer, plus what any host that hands each message to a WebAssembly \
-handler in its own instance does at the least. Per connection a wasmtime store and an \
-instance of a core module (the host's engine settings); per message the payload copied \
+handler in an instance of its own does at the least. Per connection a wasmtime store \
+and an instance of a core module (wasmtime configured as the host configures it); per message the payload copied \
 into the instance's memory, one call that returns it in place, and the reply copied \
 out (and checked as UTF-8 when it is text). No component model, no allocator in the \
 guest, no bookkeeping: what separates the host from this column is the host's own, and \
