@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks the host (echo component) against native Rust WebSocket echo servers
-# (fastwebsockets, yawc, tokio-tungstenite) on this machine; see docs/benchmarks.md.
+# (fastwebsockets, yawc, tokio-tungstenite) and the wasmtime floor (yawc with a bare
+# WebAssembly call per message) on this machine; see docs/benchmarks.md.
 #   scripts/bench.sh            full run (3 rounds, about 10 minutes); rewrites
 #                               docs/benchmarks.md and docs/benchmarks.svg
 #   scripts/bench.sh --quick    smoke check (well under a minute); writes nothing

@@ -647,6 +647,7 @@ impl Report {
                 RGBColor(0x75, 0x70, 0xb3),
                 RGBColor(0x66, 0xa6, 0x1e),
                 RGBColor(0xe7, 0x29, 0x8a),
+                RGBColor(0xa6, 0x76, 0x1d),
             ];
             let width = 0.8 / targets as f64;
             for (column, target) in self.targets.iter().enumerate() {
@@ -720,15 +721,19 @@ frames are masked once before the run and written from that buffer, echoed frame
 parsed in place and their payloads skipped, and latencies go to an HDR histogram, so it \
 allocates nothing per message. The native servers (`bench/src/serve.rs`) share one \
 minimal HTTP upgrade and differ only in the framing engine; yawc runs with the host's \
-engine settings but for its read buffer (yawc's default 8 KiB; the host's is 64 KiB).\n\n\
-**wasmtime floor** is not a reference but a bound: yawc with the host's engine settings \
-and its read buffer, plus what any host that hands each message to a WebAssembly \
-handler in an instance of its own does at the least. Per connection a wasmtime store \
-and an instance of a core module (wasmtime configured as the host configures it); per message the payload copied \
-into the instance's memory, one call that returns it in place, and the reply copied \
-out (and checked as UTF-8 when it is text). No component model, no allocator in the \
-guest, no bookkeeping: what separates the host from this column is the host's own, and \
-what separates this column from the native engines is what wasmtime costs here.\n";
+engine settings but yawc's default buffers (an 8 KiB read buffer, kept while idle; the \
+host reads 64 KiB at a time and releases its buffers while idle).\n\n\
+**wasmtime floor** is a bound, not a reference: yawc with all the host's engine \
+settings, plus what a host that hands each message to a WebAssembly handler in an \
+instance of its own does at the least. Per connection a wasmtime store and an \
+instance of a core module (wasmtime configured as the host configures it, without \
+the host's pool of linear memories); per message the payload copied into the \
+instance's memory, one call that returns it in place, and the reply copied out (and \
+checked as UTF-8 when it is text). No component model, no allocator in the guest, no \
+bookkeeping. In the one-message echo loads, (i), (ii) and (vi), what separates the \
+host from this column is the host's own cost, and what separates this column from \
+yawc is wasmtime's and the buffers'. Elsewhere it is no bound: the host batches \
+pipelined replies (iii), and pools linear memories or shares instances ((iv), (v)).\n";
 
 #[cfg(test)]
 mod tests {

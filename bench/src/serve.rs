@@ -2,11 +2,12 @@
 //! own process (`wasmsocket-bench serve <engine>`) so its CPU time and memory are its
 //! own.
 //!
-//! All three share everything but the framing engine: the tokio runtime (multi-thread,
+//! All share everything but the framing engine: the tokio runtime (multi-thread,
 //! the same worker count and event interval as the host), `TCP_NODELAY`, and one
 //! minimal HTTP upgrade (like the host's own, not the engines' optional hyper-based
 //! ones). Each echo loop is the engine's documented idiom: read a message, write it
-//! back. The floor is yawc's loop with a bare WebAssembly call on the way ([`WasmHop`]).
+//! back. The floor is yawc's loop with the host's buffers and a bare WebAssembly call
+//! on the way ([`WasmHop`]).
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -63,9 +64,8 @@ async fn serve(engine: Engine, mut stream: TcpStream) -> anyhow::Result<()> {
     let extensions = handshake(&mut stream, engine.supports_deflate()).await?;
     match engine {
         Engine::Fastwebsockets => fastwebsockets_echo(stream).await,
-        Engine::Yawc => yawc_echo(stream, extensions, None).await,
+        Engine::Yawc | Engine::Floor => yawc_echo(stream, extensions, hop(engine)?).await,
         Engine::Tungstenite => tungstenite_echo(stream).await,
-        Engine::Floor => yawc_echo(stream, extensions, Some(WasmHop::new()?)).await,
     }
 }
 
@@ -140,6 +140,14 @@ async fn fastwebsockets_echo(stream: TcpStream) -> anyhow::Result<()> {
     }
 }
 
+/// The floor's connections pass their messages through an instance of their own.
+fn hop(engine: Engine) -> anyhow::Result<Option<WasmHop>> {
+    match engine {
+        Engine::Floor => Ok(Some(WasmHop::new()?)),
+        _ => Ok(None),
+    }
+}
+
 /// yawc's echo; with `hop`, every message goes through it on the way back.
 async fn yawc_echo(
     stream: TcpStream,
@@ -192,10 +200,11 @@ async fn yawc_echo(
 
 /// The least a host that hands each message to a WebAssembly handler does with it:
 /// per connection a wasmtime store with an instance of its own (the host's isolated
-/// mode, with the host's engine settings), per message the payload copied into the
-/// instance's memory, one call, and the reply copied out (checked as UTF-8 when it
-/// is text, as a string lifted from a component is). No component model, no
-/// allocator call in the guest, no bookkeeping.
+/// mode), per message the payload copied into the instance's memory, one call, and
+/// the reply copied out (checked as UTF-8 when it is text, as a string lifted from a
+/// component is). No component model, no allocator call in the guest, no
+/// bookkeeping. Nor the host's pool of linear memories: for set-up and idle memory the
+/// floor is no bound, only what a plain instance per connection costs.
 struct WasmHop {
     store: wasmtime::Store<()>,
     echo: wasmtime::TypedFunc<u32, u32>,
@@ -223,8 +232,9 @@ impl WasmHop {
         let (engine, pre) = match PRE.get() {
             Some(pre) => pre,
             None => {
-                // As in host/src/runtime.rs: deadlines armed per call, no guard region
-                // before linear memory, no copy-on-write image, synchronous calls.
+                // As in host/src/runtime.rs (but for its memory pool): deadlines armed
+                // per call, no guard region before linear memory, no copy-on-write
+                // image, synchronous calls.
                 let mut config = wasmtime::Config::new();
                 config
                     .epoch_interruption(true)
@@ -308,6 +318,13 @@ async fn tungstenite_echo(stream: TcpStream) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_floor_has_an_instance() -> anyhow::Result<()> {
+        assert!(hop(Engine::Floor)?.is_some());
+        assert!(hop(Engine::Yawc)?.is_none());
+        Ok(())
+    }
 
     #[test]
     fn the_floor_passes_messages_through_its_instance() -> anyhow::Result<()> {

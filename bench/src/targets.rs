@@ -15,12 +15,14 @@ use tokio::process::{Child, Command};
 pub(crate) enum Engine {
     /// fastwebsockets (no permessage-deflate).
     Fastwebsockets,
-    /// yawc with the host's settings (the host's engine, without WebAssembly).
+    /// yawc with the host's settings but yawc's default buffers (the host's engine,
+    /// without WebAssembly).
     Yawc,
     /// tokio-tungstenite (no permessage-deflate).
     Tungstenite,
-    /// yawc's echo with a bare WebAssembly call on every message: the least any host
-    /// that runs its handlers in wasmtime pays on this machine (not a reference).
+    /// yawc's echo with a bare WebAssembly call on every message: in the one-message
+    /// echo loads, the least a host with an instance per connection pays on this
+    /// machine (a bound, not a reference).
     Floor,
 }
 
