@@ -265,9 +265,10 @@ impl WasmHop {
     /// Passes `payload` through the instance.
     fn call(&mut self, payload: &[u8], text: bool) -> anyhow::Result<bytes::Bytes> {
         let len = payload.len();
-        if len > self.memory.data_size(&self.store) {
-            let pages = (len - self.memory.data_size(&self.store)).div_ceil(PAGE) as u64;
-            self.memory.grow(&mut self.store, pages)?;
+        let size = self.memory.data_size(&self.store);
+        if len > size {
+            self.memory
+                .grow(&mut self.store, (len - size).div_ceil(PAGE) as u64)?;
         }
         self.memory.data_mut(&mut self.store)[..len].copy_from_slice(payload);
         self.store.set_epoch_deadline(HOP_DEADLINE);

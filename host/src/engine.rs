@@ -37,7 +37,8 @@ pub(crate) enum Pong {
     Manual,
 }
 
-/// The socket read buffer's size (yawc's default is 8 KiB).
+/// The socket read buffer's size (yawc's default is 8 KiB). The bench's wasmtime floor
+/// reads with the same (`HOST_READ_BUFFER` in bench/src/serve.rs).
 const READ_BUFFER: usize = 64 * 1024;
 
 /// Wraps an upgraded stream in the engine, honouring the agreed `permessage-deflate`
